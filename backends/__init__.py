@@ -1,0 +1,1 @@
+"""I/O behind ``core``'s protocols: object stores, the state database, encoders."""

@@ -1,0 +1,14 @@
+"""PodKit's V3 nodes. The only Python in PodKit that imports ``comfy``, ``comfy_api``, ``folder_paths``."""
+
+from __future__ import annotations
+
+from ._comfy import ComfyExtension, io
+from .lora_loader import PodKitR2LoraLoader, PodKitR2LoraLoaderModelOnly
+from .save_r2 import PodKitSaveToR2
+
+NODES: list[type[io.ComfyNode]] = [PodKitR2LoraLoader, PodKitR2LoraLoaderModelOnly, PodKitSaveToR2]
+
+
+class PodKitExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)

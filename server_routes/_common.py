@@ -1,0 +1,128 @@
+"""What every PodKit handler shares: JSON errors, the JSON-only body guard, the bearer token."""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from ..core.errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    PodKitError,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+
+logger = logging.getLogger(__name__)
+
+ROUTE_PREFIX = "/podkit"
+MAX_JSON_BODY = 256 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(error: PodKitError) -> web.Response:
+    return web.json_response(error.to_wire(), status=error.http_status)
+
+
+def json_errors(handler: Handler) -> Handler:
+    """Map PodKit errors to JSON answers with their status; never leak a traceback."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except PodKitError as e:
+            if e.http_status >= 500:
+                logger.warning("%s %s: %s", request.method, request.path, e)
+            return error_response(e)
+        except web.HTTPException:
+            raise
+        except Exception:
+            logger.exception("%s %s failed", request.method, request.path)
+            return web.json_response(
+                {"error": "internal_error", "message": "internal error; see the server log"}, status=500
+            )
+
+    return wrapped
+
+
+def check_token(request: web.Request, token: str | None) -> None:
+    """Require ``Authorization: Bearer <token>`` when a token is configured (constant-time)."""
+    if token is None:
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Unauthorized("this PodKit route requires 'Authorization: Bearer <PODKIT_API_TOKEN>'")
+
+
+async def require_json(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body (``{}`` when empty).
+
+    Mutations accept only ``application/json``: form content types can be sent cross-site without
+    a CORS preflight, so refusing them closes that CSRF path.
+
+    Raises:
+        UnsupportedMediaType: another content type.
+        PayloadTooLarge: a body over the limit.
+        InvalidRequest: malformed JSON or not an object.
+    """
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("send the request body as application/json")
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+        raise PayloadTooLarge(f"request body is larger than {MAX_JSON_BODY} bytes")
+    raw = await request.content.read(MAX_JSON_BODY + 1)
+    if len(raw) > MAX_JSON_BODY:
+        raise PayloadTooLarge(f"request body is larger than {MAX_JSON_BODY} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as e:
+        raise InvalidRequest(f"request body is not valid JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return body
+
+
+def only_fields(body: Mapping[str, Any], allowed: set[str]) -> None:
+    """Reject fields outside ``allowed`` (a typo must not be silently ignored)."""
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def get_bool(body: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{name} must be true or false")
+    return value
+
+
+def get_int(body: Mapping[str, Any], name: str, *, lo: int, hi: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InvalidRequest(f"{name} must be an integer between {lo} and {hi}")
+    return value
+
+
+def query_int(request: web.Request, name: str, default: int, *, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise InvalidRequest(f"query parameter {name} must be an integer") from e
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"query parameter {name} must be between {lo} and {hi}")
+    return value
