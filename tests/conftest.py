@@ -27,3 +27,40 @@ def _register_package(name: str = "podkit") -> None:
 
 
 _register_package()
+
+# Test helpers (rgw.py, comfy_client.py, ...) are plain modules in tests/support.
+sys.path.insert(0, str(ROOT / "tests" / "support"))
+
+import os  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def s3_gateway() -> Iterator[object]:
+    """A real S3-compatible server on 127.0.0.1 for the whole session (Ceph radosgw).
+
+    ``PODKIT_TEST_S3=moto`` switches to moto's server for quick local correctness runs. Without
+    radosgw the S3 tests are skipped with the reason, except under CI, where that is an error.
+    """
+    import rgw
+
+    prefer = os.environ.get("PODKIT_TEST_S3", "radosgw")
+    reason = rgw.moto_available() if prefer == "moto" else rgw.radosgw_available()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"S3 test server unavailable in CI: {reason}")
+        pytest.skip(f"S3 test server unavailable: {reason}")
+    handle = rgw.MotoServer() if prefer == "moto" else rgw.RadosGateway()
+    try:
+        handle.start()
+        yield handle
+    finally:
+        handle.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server(s3_gateway: object) -> object:
+    """The running server's endpoint and credentials (``rgw.S3Server``)."""
+    return s3_gateway.start()  # type: ignore[attr-defined]

@@ -29,7 +29,9 @@ def writer(data: bytes, calls: list[int] | None = None):
 
 
 def leftovers(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.suffix in (".incomplete", ".evicting", ".tmp") or ".stale-" in p.name]
+    return [
+        p for p in root.rglob("*") if p.suffix in (".incomplete", ".evicting", ".tmp") or ".stale-" in p.name
+    ]
 
 
 def test_second_ensure_is_a_hit(tmp_path: Path) -> None:
@@ -138,7 +140,9 @@ def test_threads_share_one_fetch(tmp_path: Path) -> None:
 
 def test_stale_lock_of_dead_process_is_taken_over(tmp_path: Path) -> None:
     lock_path = tmp_path / "x.lock"
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     dead_pid = int(proc.stdout)
     import socket
 

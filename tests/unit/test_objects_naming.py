@@ -44,13 +44,23 @@ def test_default_template_is_content_addressed() -> None:
 
 
 def test_template_fields_and_specs() -> None:
-    key = render_key("{prefix}/{year}{month}{day}/{node_id}-{batch:04d}-{width}x{height}-{hash:.6}.{ext}", ctx())
+    key = render_key(
+        "{prefix}/{year}{month}{day}/{node_id}-{batch:04d}-{width}x{height}-{hash:.6}.{ext}", ctx()
+    )
     assert key == "runs/portrait/19700101/9-0003-1024x768-ababab.png"
 
 
 @pytest.mark.parametrize(
     "template",
-    ["{prefix}/{nope}.png", "{prefix.__class__}{hash}", "{prefix[0]}{hash}", "{hash!r}", "{prefix}.png", "{", ""],
+    [
+        "{prefix}/{nope}.png",
+        "{prefix.__class__}{hash}",
+        "{prefix[0]}{hash}",
+        "{hash!r}",
+        "{prefix}.png",
+        "{",
+        "",
+    ],
 )
 def test_bad_templates(template: str) -> None:
     with pytest.raises(InvalidRequest):

@@ -56,9 +56,13 @@ def test_seed_names_and_r2_endpoint() -> None:
 
 
 def test_explicit_endpoint_wins_and_store_can_be_forced() -> None:
-    s = Settings.from_env({"PODKIT_S3_ENDPOINT": "http://127.0.0.1:9000", "R2_ACCOUNT_ID": "x", "PODKIT_VOLUME_DIR": ""})
+    s = Settings.from_env(
+        {"PODKIT_S3_ENDPOINT": "http://127.0.0.1:9000", "R2_ACCOUNT_ID": "x", "PODKIT_VOLUME_DIR": ""}
+    )
     assert s.s3_endpoint == "http://127.0.0.1:9000"
-    assert Settings.from_env({"PODKIT_STORE": "local", "PODKIT_S3_ENDPOINT": "http://h:1"}).store_kind == "local"
+    assert (
+        Settings.from_env({"PODKIT_STORE": "local", "PODKIT_S3_ENDPOINT": "http://h:1"}).store_kind == "local"
+    )
 
 
 @pytest.mark.parametrize(
