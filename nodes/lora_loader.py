@@ -189,7 +189,19 @@ def _show(report: str) -> None:
         PromptServer.instance.send_progress_text(report, node)
 
 
-class PodKitR2LoraLoader(io.ComfyNode):
+class _BucketLora:
+    """What both loaders share: the LoRA reference check and the remote-ETag fingerprint."""
+
+    @classmethod
+    def validate_inputs(cls, lora_name: str, lora_uri: str | None = None) -> bool | str:
+        return _validate(lora_name, lora_uri)
+
+    @classmethod
+    def fingerprint_inputs(cls, lora_name: str | None = None, lora_uri: str | None = None, **_: Any) -> str:
+        return _fingerprint(lora_name, lora_uri)
+
+
+class PodKitR2LoraLoader(_BucketLora, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -213,14 +225,6 @@ class PodKitR2LoraLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, lora_name: str, lora_uri: str | None = None) -> bool | str:
-        return _validate(lora_name, lora_uri)
-
-    @classmethod
-    def fingerprint_inputs(cls, lora_name: str | None = None, lora_uri: str | None = None, **_: Any) -> str:
-        return _fingerprint(lora_name, lora_uri)
-
-    @classmethod
     def execute(
         cls,
         model: Any,
@@ -238,7 +242,7 @@ class PodKitR2LoraLoader(io.ComfyNode):
         return io.NodeOutput(new_model, new_clip)
 
 
-class PodKitR2LoraLoaderModelOnly(io.ComfyNode):
+class PodKitR2LoraLoaderModelOnly(_BucketLora, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -255,14 +259,6 @@ class PodKitR2LoraLoaderModelOnly(io.ComfyNode):
             ],
             outputs=[io.Model.Output(tooltip="The model with the LoRA applied.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, lora_name: str, lora_uri: str | None = None) -> bool | str:
-        return _validate(lora_name, lora_uri)
-
-    @classmethod
-    def fingerprint_inputs(cls, lora_name: str | None = None, lora_uri: str | None = None, **_: Any) -> str:
-        return _fingerprint(lora_name, lora_uri)
 
     @classmethod
     def execute(
