@@ -8,7 +8,9 @@ shared by every node, and fails with the LoRA's name when none of its keys match
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import weakref
 from typing import Any
 
 from ..core.errors import InvalidRequest, PodKitError
@@ -132,6 +134,18 @@ def _fetch(ref: ObjectRef) -> tuple[LocalLora, dict[str, Any]]:
     return local, sd  # type: ignore[return-value]
 
 
+# Parsed LoRA patches per (LoRA, model, text encoder): building them is most of a warm load's time,
+# and they depend only on the LoRA bytes and the model's key map. Weak references make sure an id()
+# reused by a new model object never matches.
+_PATCHES: dict[tuple[str, int, int], tuple[Any, Any, dict[Any, Any], int]] = {}
+_PATCHES_LOCK = threading.Lock()
+_PATCHES_MAX = 4
+
+
+def _weak(obj: Any) -> Any:
+    return weakref.ref(obj) if obj is not None else (lambda: None)
+
+
 def _module_count(sd: dict[str, Any]) -> int:
     modules = set()
     for k in sd:
@@ -153,14 +167,26 @@ def apply_lora(
     import comfy.lora
     import comfy.lora_convert
 
-    _, sd = _fetch(ref)
-    key_map: dict[str, Any] = {}
-    if model is not None:
-        key_map = comfy.lora.model_lora_keys_unet(model.model, key_map)
-    if clip is not None:
-        key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
-    patches = comfy.lora.load_lora(comfy.lora_convert.convert_lora(sd), key_map)
-    total = _module_count(sd)
+    local, sd = _fetch(ref)
+    unet = model.model if model is not None else None
+    text = clip.cond_stage_model if clip is not None else None
+    cache_key = (local.key.digest, id(unet), id(text))
+    hit = _PATCHES.get(cache_key)
+    if hit is not None and hit[0]() is unet and hit[1]() is text:
+        patches, total = hit[2], hit[3]
+    else:
+        key_map: dict[str, Any] = {}
+        if unet is not None:
+            key_map = comfy.lora.model_lora_keys_unet(unet, key_map)
+        if text is not None:
+            key_map = comfy.lora.model_lora_keys_clip(text, key_map)
+        patches = comfy.lora.load_lora(comfy.lora_convert.convert_lora(sd), key_map)
+        total = _module_count(sd)
+        if unet is not None or text is not None:
+            with _PATCHES_LOCK:
+                while len(_PATCHES) >= _PATCHES_MAX:
+                    _PATCHES.pop(next(iter(_PATCHES)))
+                _PATCHES[cache_key] = (_weak(unet), _weak(text), patches, total)
     if not patches:
         raise InvalidRequest(
             f"LoRA {ref.uri}: none of its {total} modules match this model "
