@@ -153,7 +153,7 @@ def test_threads_decode_to_the_same_pixels(threads: int, filter_name: str) -> No
     pixels = natural(384, 512, 3, seed=11)  # 576 KiB raw: big enough for parallel bands
     data = assert_round_trip(pixels, threads=threads, filter=filter_name)
     n_idat = sum(1 for kind, _ in chunks(data) if kind == b"IDAT")
-    assert n_idat == 1 if threads == 1 else n_idat > 1
+    assert (n_idat == 1) if threads == 1 else (n_idat > 1)
 
 
 @pytest.mark.parametrize("strategy", ["auto", "default", "rle"])
