@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote
 
-from ..core.errors import ObjectNotFound, StorageError, TransferFailed
+from ..core.errors import ObjectChanged, ObjectNotFound, StorageError, TransferFailed
 from ..core.objects import ObjectMeta, ObjectRef, ProgressFn, validate_bucket
 
 _COPY_CHUNK = 8 * 2**20
@@ -71,18 +71,13 @@ class LocalStore:
 
     def download(self, ref: ObjectRef, dest: Path, *, on_bytes: ProgressFn | None = None) -> ObjectMeta:
         meta = self.head(ref)
-        src = self.path_of(ref)
-        with open(src, "rb") as fin, open(dest, "wb") as fout:
-            while chunk := fin.read(_COPY_CHUNK):
-                fout.write(chunk)
-                if on_bytes is not None:
-                    on_bytes(len(chunk))
+        self.download_verified(meta, dest, on_bytes=on_bytes)
         return meta
 
     def download_verified(self, meta: ObjectMeta, dest: Path, *, on_bytes: ProgressFn | None = None) -> str:
         current = self.head(meta.ref)
         if current.etag != meta.etag:
-            raise TransferFailed(f"{meta.ref}: the object changed during the transfer")
+            raise ObjectChanged(f"{meta.ref}: the object changed during the transfer")
         h = hashlib.sha256()
         with open(self.path_of(meta.ref), "rb") as fin, open(dest, "wb") as fout:
             while chunk := fin.read(_COPY_CHUNK):
@@ -184,7 +179,3 @@ class LocalStore:
 
     def url_for(self, ref: ObjectRef, *, ttl: int) -> str | None:
         return f"{self.url_prefix}/{ref.bucket}/{quote(ref.key)}"
-
-    def usage(self) -> int:
-        """Bytes stored (for the status route)."""
-        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file()) if self.root.exists() else 0

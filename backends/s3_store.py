@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.errors import (
     AccessDenied,
     ConfigError,
+    ObjectChanged,
     ObjectNotFound,
     StorageError,
     StoreUnavailable,
@@ -165,7 +166,7 @@ class S3Store:
                     f"{what}: access denied ({code or status}); check the R2/S3 credentials"
                 ) from e
             if code in ("PreconditionFailed", "412") or status == "412":
-                raise TransferFailed(f"{what}: the object changed during the transfer") from e
+                raise ObjectChanged(f"{what}: the object changed during the transfer") from e
             if code in _UNAVAILABLE or status.startswith("5"):
                 raise StoreUnavailable(f"{what}: the store is unavailable ({code or status})") from e
             raise StorageError(f"{what}: {code or status} {err.get('Message', '')}".strip()) from e

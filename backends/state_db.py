@@ -11,6 +11,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from ..core.outbox import OutboxItem
@@ -167,7 +168,7 @@ class SqliteOutboxRepo:
             items = [_row(r) for r in rows]
             for i in items:
                 c.execute("UPDATE outbox SET status='uploading', updated=? WHERE id=?", (now, i.id))
-        return [OutboxItem(**{**i.__dict__, "status": "uploading"}) for i in items]
+        return [replace(i, status="uploading", updated=now) for i in items]
 
     def list(self, statuses: Sequence[str] | None, limit: int) -> list[OutboxItem]:
         if statuses:

@@ -17,6 +17,7 @@
     │   ├── StoreUnavailable (503, ConnectionError)
     │   ├── AccessDenied (502, PermissionError)   credentials or bucket policy refused us
     │   └── TransferFailed (502)
+    │       └── ObjectChanged (502)   the object was replaced while we read it
     └── InsufficientStorage (507, OSError)
 """
 
@@ -101,6 +102,10 @@ class AccessDenied(StorageError, PermissionError):
 
 class TransferFailed(StorageError):
     code = "transfer_failed"
+
+
+class ObjectChanged(TransferFailed):
+    code = "object_changed"
 
 
 class InsufficientStorage(PodKitError, OSError):

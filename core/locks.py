@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import Conflict
@@ -173,14 +173,3 @@ class FileLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, *, stale_after: float = 30.0, timeout: float | None = None) -> Iterator[FileLock]:
-    """``with file_lock(path): ...`` — see :class:`FileLock`."""
-    lock = FileLock(path, stale_after=stale_after)
-    lock.acquire(timeout=timeout)
-    try:
-        yield lock
-    finally:
-        lock.release()

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CorruptFile, InvalidRequest, PodKitError, TransferFailed
+from .errors import CorruptFile, InvalidRequest, ObjectChanged, PodKitError
 from .model_cache import CacheKey, ModelCache
 from .objects import ObjectMeta, ObjectRef, ObjectStore, ProgressFn, parse_object_uri
 from .safetensors_info import SafetensorsInfo, read_safetensors_info
@@ -174,11 +174,11 @@ class LoraLibrary:
 
             try:
                 path = self.cache.ensure(key, fetch, size=meta.size, sha256=meta.sha256, on_wait=on_wait)
-            except TransferFailed as e:
-                if attempt == 1 and "changed" in str(e):
-                    logger.info("%s changed during download; fetching the new version", ref)
-                    continue
-                raise
+            except ObjectChanged:
+                if attempt == 2:
+                    raise
+                logger.info("%s changed during download; fetching the new version", ref)
+                continue
             info = self._infos.get(key.digest)
             if info is None:
                 info = read_safetensors_info(path, label=ref.uri)

@@ -19,12 +19,12 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from .errors import AccessDenied, InvalidRequest, NotFound, ObjectNotFound, PodKitError
+from .errors import AccessDenied, InvalidRequest, NotFound, PodKitError
 from .events import Notifier, NullNotifier
 from .objects import ObjectRef, ObjectStore
 
@@ -100,7 +100,7 @@ class Backoff:
         return float(raw) * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not crypto
 
 
-_PERMANENT = (AccessDenied, ObjectNotFound, InvalidRequest, NotFound)
+_PERMANENT = (AccessDenied, InvalidRequest, NotFound)  # NotFound covers ObjectNotFound (no bucket)
 
 
 class Outbox:
@@ -335,11 +335,3 @@ class Outbox:
                 self._wake.notify_all()
                 self._wake.wait(0.05)
         return False
-
-    def pending_for(self, keys: Mapping[str, str]) -> dict[str, str]:
-        """Status of specific items by id (used to report upload state to a node/client)."""
-        out: dict[str, str] = {}
-        for item_id in keys:
-            item = self.repo.get(item_id)
-            out[item_id] = item.status if item else "unknown"
-        return out
