@@ -110,6 +110,11 @@ class LoraLibrary:
         with self._lock:
             return self._listing
 
+    def snapshot(self) -> Listing:
+        """The last listing as it is, without touching the network."""
+        with self._lock:
+            return self._listing
+
     def cached_names(self) -> list[str]:
         """Keys from the last listing, without touching the network (for the node's combo)."""
         with self._lock:
@@ -155,10 +160,13 @@ class LoraLibrary:
         self,
         ref: ObjectRef,
         *,
+        meta: ObjectMeta | None = None,
         on_bytes: ProgressFn | None = None,
         on_wait: Callable[[], None] | None = None,
     ) -> LocalLora:
         """Make ``ref`` available as a verified local file (downloaded at most once per ETag).
+
+        ``meta`` is a fresh HEAD answer the caller already has (saves a request).
 
         Raises:
             ObjectNotFound: no such object (the message names it).
@@ -166,7 +174,8 @@ class LoraLibrary:
             CorruptFile: the file is not a valid safetensors LoRA.
         """
         for attempt in (1, 2):
-            meta = self.head(ref, max_age=0 if attempt == 2 else None)
+            if attempt == 2 or meta is None:
+                meta = self.head(ref, max_age=0 if attempt == 2 else None)
             key = CacheKey.for_source(ref.uri, meta.etag or f"size:{meta.size}", ".safetensors")
 
             def fetch(tmp: Path, meta: ObjectMeta = meta) -> str | None:

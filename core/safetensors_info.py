@@ -25,6 +25,14 @@ LORA_MARKERS = (
     ".lora_linear_layer.", ".hada_w1", ".lokr_w1", ".oft_blocks",
 )  # fmt: skip
 LORA_SUFFIXES = (".alpha", ".dora_scale", ".diff", ".diff_b")
+#: Per-tensor suffixes after the module name (what ComfyUI's weight adapters read).
+LORA_TENSOR_SUFFIXES = (
+    ".lora_up.weight", ".lora_down.weight", ".lora_mid.weight", "_lora.up.weight", "_lora.down.weight",
+    ".lora_B.weight", ".lora_A.weight", ".lora.up.weight", ".lora.down.weight", ".lora_B.default.weight",
+    ".lora_A.default.weight", ".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight", ".alpha",
+    ".dora_scale", ".diff", ".diff_b", ".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b", ".lokr_w1",
+    ".lokr_w2", ".reshape_weight",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,16 @@ class SafetensorsInfo:
     @property
     def lora_keys(self) -> list[str]:
         return [k for k in self.tensors if any(m in k for m in LORA_MARKERS) or k.endswith(LORA_SUFFIXES)]
+
+    @property
+    def lora_module_count(self) -> int:
+        """How many modules (layers) the adapter patches: tensor names without their suffix."""
+        modules = set()
+        for k in self.tensors:
+            suffix = next((s for s in LORA_TENSOR_SUFFIXES if k.endswith(s)), None)
+            if suffix is not None:
+                modules.add(k[: -len(suffix)])
+        return len(modules) or len(self.tensors)
 
     @property
     def is_lora(self) -> bool:

@@ -22,13 +22,6 @@ from ._host import services
 logger = logging.getLogger(__name__)
 
 PLACEHOLDER = "(no LoRA in the bucket yet — refresh, or use lora_uri)"
-_SUFFIXES = (
-    ".lora_up.weight", ".lora_down.weight", ".lora_mid.weight", "_lora.up.weight", "_lora.down.weight",
-    ".lora_B.weight", ".lora_A.weight", ".lora.up.weight", ".lora.down.weight", ".lora_B.default.weight",
-    ".lora_A.default.weight", ".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight", ".alpha",
-    ".dora_scale", ".diff", ".diff_b", ".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b", ".lokr_w1",
-    ".lokr_w2", ".reshape_weight",
-)  # fmt: skip
 
 
 def _lora_options() -> list[str]:
@@ -123,7 +116,7 @@ def _fetch(ref: ObjectRef) -> tuple[LocalLora, dict[str, Any]]:
                     f"waiting for another worker to fetch {ref.name}", node
                 )
 
-    local = svc.loras.ensure_local(ref, on_bytes=on_bytes, on_wait=on_wait)
+    local = svc.loras.ensure_local(ref, meta=meta, on_bytes=on_bytes, on_wait=on_wait)
 
     def load() -> tuple[dict[str, Any], int]:
         with svc.cache.lease(local.key):
@@ -144,16 +137,6 @@ _PATCHES_MAX = 4
 
 def _weak(obj: Any) -> Any:
     return weakref.ref(obj) if obj is not None else (lambda: None)
-
-
-def _module_count(sd: dict[str, Any]) -> int:
-    modules = set()
-    for k in sd:
-        for suffix in _SUFFIXES:
-            if k.endswith(suffix):
-                modules.add(k[: -len(suffix)])
-                break
-    return len(modules) or len(sd)
 
 
 def apply_lora(
@@ -181,7 +164,7 @@ def apply_lora(
         if text is not None:
             key_map = comfy.lora.model_lora_keys_clip(text, key_map)
         patches = comfy.lora.load_lora(comfy.lora_convert.convert_lora(sd), key_map)
-        total = _module_count(sd)
+        total = local.info.lora_module_count
         if unet is not None or text is not None:
             with _PATCHES_LOCK:
                 while len(_PATCHES) >= _PATCHES_MAX:

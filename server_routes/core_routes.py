@@ -57,7 +57,7 @@ def register(routes: web.RouteTableDef, services: Services) -> None:
     @json_errors
     async def status(request: web.Request) -> web.Response:
         counts = await asyncio.to_thread(services.outbox.counts)
-        listing = services.loras.listing(max_age=float("inf"))
+        listing = services.loras.snapshot()
         return web.json_response(
             {
                 "name": "PodKit",
