@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 #: Bytes kept free on the volume beyond what a download needs.
 FREE_SPACE_RESERVE = 256 * 2**20
+#: Seconds between refreshes of an entry's last-use time (the LRU's resolution).
+TOUCH_INTERVAL = 60.0
 _HOST_TAG = HOSTNAME.replace(".", "_") or "host"
 _HASH_CHUNK = 8 * 2**20
 
@@ -201,8 +203,21 @@ class ModelCache:
     # ----------------------------------------------------------------- reads
     def lookup(self, key: CacheKey) -> Path | None:
         """The published file for ``key``, or None. Counts nothing and touches nothing."""
-        path = self.blob_path(key)
-        return path if path.is_file() and self._meta_path(key.digest).is_file() else None
+        return self.blob_path(key) if self._last_used(key) is not None else None
+
+    def _last_used(self, key: CacheKey) -> float | None:
+        try:
+            used = self._meta_path(key.digest).stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return used if self.blob_path(key).is_file() else None
+
+    def _hit(self, key: CacheKey, used: float, *, waited: bool = False) -> None:
+        # The LRU clock is the meta file's mtime. Refresh it at most once a minute: on a network
+        # volume every write is a round trip, and a warm hit should cost two stats, nothing more.
+        if time.time() - used > TOUCH_INTERVAL:
+            self._touch(key.digest)
+        self._count(hits=1, waits=1 if waited else 0)
 
     def _read_meta(self, digest: str) -> dict[str, object] | None:
         try:
@@ -287,9 +302,9 @@ class ModelCache:
             Exception: whatever ``fetch`` raised (nothing is published, no temp file is left).
         """
         blob = self.blob_path(key)
-        if self.lookup(key) is not None:
-            self._touch(key.digest)
-            self._count(hits=1)
+        used = self._last_used(key)
+        if used is not None:
+            self._hit(key, used)
             return blob
         waited = False
 
@@ -302,9 +317,9 @@ class ModelCache:
         lock = FileLock(self._lock_path(key.digest), stale_after=self.stale_lock_after)
         lock.acquire(timeout=lock_timeout, on_wait=waiting)
         try:
-            if self.lookup(key) is not None:  # another process fetched it while we waited
-                self._touch(key.digest)
-                self._count(hits=1, waits=1 if waited else 0)
+            used = self._last_used(key)
+            if used is not None:  # another process fetched it while we waited
+                self._hit(key, used, waited=waited)
                 return blob
             self._count(misses=1)
             if size is not None:

@@ -103,13 +103,13 @@ class PodKitSaveToR2(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, key_template: str | None = None, bucket: str | None = None) -> bool | str:
-        try:
-            if key_template is not None:
-                check_template(key_template)
-            if bucket:
-                validate_bucket(bucket)
-        except PodKitError as e:
-            return f"{'bucket' if bucket and 'bucket' in str(e) else 'key_template'}: {e}"
+        checks = (("key_template", key_template, check_template), ("bucket", bucket, validate_bucket))
+        for name, value, check in checks:
+            if value:
+                try:
+                    check(value)
+                except PodKitError as e:
+                    return f"{name}: {e}"
         return True
 
     @classmethod

@@ -205,3 +205,18 @@ def test_processes_share_one_download(tmp_path: Path) -> None:
     assert len({o[0] for o in outs}) == 1 and outs[0][0].split()[1] == "1000000"
     assert leftovers(cache_dir) == []
     assert not list((cache_dir / "locks").iterdir())
+
+
+def test_hits_refresh_last_use_at_most_once_a_minute(tmp_path: Path) -> None:
+    cache = ModelCache(tmp_path, max_bytes=10**6)
+    key = CacheKey.for_source("s", "v")
+    cache.ensure(key, writer(b"abc"))
+    meta = cache._meta_path(key.digest)
+    os.utime(meta, (1000, 1000))
+    cache.ensure(key, writer(b"abc"))  # old last-use: refreshed
+    refreshed = meta.stat().st_mtime
+    assert refreshed > time.time() - 60
+    os.utime(meta, (refreshed - 30, refreshed - 30))
+    cache.ensure(key, writer(b"abc"))  # used 30 s ago: no write
+    assert meta.stat().st_mtime == refreshed - 30
+    assert cache.stats().hits == 2
