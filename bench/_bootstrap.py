@@ -13,7 +13,6 @@ Usage from a bench script (``bench/`` is ``sys.path[0]`` when a script there is 
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -25,12 +24,6 @@ def register_package(name: str = "podkit") -> None:
     """Import the repo root as ``name`` (idempotent) and expose tests/support helpers."""
     if str(SUPPORT) not in sys.path:
         sys.path.insert(0, str(SUPPORT))
-    if name in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(
-        name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
+    from podkit_import import register_package as register
+
+    register(name)

@@ -7,34 +7,20 @@ checkout's folder name.
 
 from __future__ import annotations
 
-import importlib.util
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _register_package(name: str = "podkit") -> None:
-    if name in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(
-        name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-
-
-_register_package()
-
-# Test helpers (rgw.py, comfy_client.py, ...) are plain modules in tests/support.
+# Test helpers (rgw.py, comfy_client.py, podkit_import.py, ...) are plain modules in tests/support.
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
-import os  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from podkit_import import register_package  # noqa: E402
 
-import pytest  # noqa: E402
+register_package()
 
 
 @pytest.fixture(scope="session")

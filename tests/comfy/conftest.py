@@ -40,7 +40,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -60,6 +59,7 @@ SUPPORT = TESTS / "support"
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
+from rgw import free_ports, port_is_free  # noqa: E402
 from support.comfy_client import ComfyClient  # noqa: E402
 
 SKIP_HINT = "set COMFYUI_PATH to a ComfyUI checkout (see README)"
@@ -127,19 +127,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    return free_ports(1)[0]
 
 
 def sanitized_env(extra: dict[str, Any] | None = None) -> dict[str, str]:

@@ -51,7 +51,9 @@ __all__ = [
     "RadosGateway",
     "S3Server",
     "S3ServerHandle",
+    "free_ports",
     "moto_available",
+    "port_is_free",
     "radosgw_available",
     "start_s3_server",
 ]
@@ -126,7 +128,7 @@ def moto_available(python: str | None = None) -> str | None:
     return None
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """Ask the kernel for ``count`` distinct free TCP ports on 127.0.0.1."""
     socks: list[socket.socket] = []
     try:
@@ -140,7 +142,7 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
-def _port_is_free(port: int) -> bool:
+def port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         # SO_REUSEADDR like the servers themselves: TIME_WAIT leftovers must not count as busy
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -522,7 +524,7 @@ rgw dns name = 127.0.0.1
         root = self._make_root()
         for sub in ("run", "log", "mon", "osd0", "crash", "rgw", "mgr", "mds", "cache", "luarocks"):
             (root / sub).mkdir()
-        self.mon_port, self.rgw_port = _free_ports(2)
+        self.mon_port, self.rgw_port = free_ports(2)
         self._env = {k: v for k, v in os.environ.items() if not k.startswith("CEPH_")}
         self._env["CEPH_CONF"] = str(root / "ceph.conf")
         self._env["TMPDIR"] = str(root / "cache")
@@ -698,7 +700,7 @@ rgw dns name = 127.0.0.1
             if self._rgw is not None and self._rgw.poll() is None:
                 return
             deadline = time.monotonic() + self.timeout
-            while not _port_is_free(self.rgw_port):
+            while not port_is_free(self.rgw_port):
                 if time.monotonic() > deadline:
                     raise self._fail(f"port {self.rgw_port} still busy", ())
                 time.sleep(0.2)
@@ -781,7 +783,7 @@ class MotoServer(_Cleanup):
             try:
                 self._make_root()
                 (self._require_root() / "log").mkdir()
-                (self.port,) = _free_ports(1)
+                (self.port,) = free_ports(1)
                 self._launch()
             except BaseException:
                 self.close()
@@ -837,7 +839,7 @@ class MotoServer(_Cleanup):
             self._release(self._proc, graceful=3.0)
             self._proc = None
             end = time.monotonic() + 10
-            while not _port_is_free(self.port) and time.monotonic() < end:
+            while not port_is_free(self.port) and time.monotonic() < end:
                 time.sleep(0.1)
 
     def close(self) -> None:

@@ -167,11 +167,12 @@ def test_stale_lock_of_other_host_needs_silence(tmp_path: Path) -> None:
 
 
 CHILD = r"""
-import sys, time, importlib.util
+import sys, time
 from pathlib import Path
 root, cache_dir, log, data_len = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
-spec = importlib.util.spec_from_file_location("podkit", root / "__init__.py", submodule_search_locations=[str(root)])
-mod = importlib.util.module_from_spec(spec); sys.modules["podkit"] = mod; spec.loader.exec_module(mod)
+sys.path.insert(0, str(root / "tests" / "support"))
+from podkit_import import register_package
+register_package()
 from podkit.core.model_cache import CacheKey, ModelCache
 cache = ModelCache(cache_dir, max_bytes=10**9, stale_lock_after=5)
 def fetch(tmp):

@@ -14,11 +14,10 @@ ROOT = Path(__file__).resolve().parents[2]
 HEAVY = {"torch", "comfy", "comfy_api", "folder_paths", "server", "boto3", "botocore", "PIL", "numpy"}
 
 PROBE = r"""
-import importlib.util, json, sys
-from pathlib import Path
-root = Path(sys.argv[1])
-spec = importlib.util.spec_from_file_location("podkit", root / "__init__.py", submodule_search_locations=[str(root)])
-mod = importlib.util.module_from_spec(spec); sys.modules["podkit"] = mod; spec.loader.exec_module(mod)
+import importlib, json, sys
+sys.path.insert(0, sys.argv[1] + "/tests/support")
+from podkit_import import register_package
+register_package()
 for name in sys.argv[2:]:
     importlib.import_module(name)
 print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
