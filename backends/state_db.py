@@ -1,24 +1,25 @@
-"""The per-instance SQLite state database (outbox now; download/training jobs and metrics later).
+"""The per-instance SQLite state database: the outbox, download and training jobs, metrics.
 
 SQLite is never shared between processes or hosts: each ComfyUI process has its own state folder.
 One connection, guarded by a lock, serves every thread; WAL with ``synchronous=FULL`` so a row that
 was committed survives a crash of the pod.
+
+Each feature owns its tables and migrates them itself with :meth:`StateDB.ensure_schema`
+(component name → numbered scripts), so features evolve their schemas independently.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 from ..core.outbox import OutboxItem
 
-SCHEMA_VERSION = 1
-
-_MIGRATIONS: dict[int, str] = {
+OUTBOX_MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE IF NOT EXISTS outbox (
         id TEXT PRIMARY KEY,
@@ -59,15 +60,35 @@ class StateDB:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
-
-    def _migrate(self) -> None:
         with self.transaction() as c:
-            version = c.execute("PRAGMA user_version").fetchone()[0]
-            for v in sorted(_MIGRATIONS):
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS podkit_schema "
+                "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+            )
+            # Databases from before per-component schemas kept the outbox version in user_version.
+            legacy = int(c.execute("PRAGMA user_version").fetchone()[0])
+            if legacy:
+                c.execute(
+                    "INSERT OR IGNORE INTO podkit_schema (component, version) VALUES ('outbox', ?)", (legacy,)
+                )
+                c.execute("PRAGMA user_version=0")
+        self.ensure_schema("outbox", OUTBOX_MIGRATIONS)
+
+    def ensure_schema(self, component: str, migrations: Mapping[int, str]) -> int:
+        """Apply ``component``'s migrations newer than its recorded version; returns the version."""
+        with self.transaction() as c:
+            row = c.execute("SELECT version FROM podkit_schema WHERE component=?", (component,)).fetchone()
+            version = int(row[0]) if row else 0
+            for v in sorted(migrations):
                 if v > version:
-                    _run_script(c, _MIGRATIONS[v])
-                    c.execute(f"PRAGMA user_version={int(v)}")
+                    _run_script(c, migrations[v])
+                    version = v
+            c.execute(
+                "INSERT INTO podkit_schema (component, version) VALUES (?, ?) "
+                "ON CONFLICT(component) DO UPDATE SET version=excluded.version",
+                (component, version),
+            )
+        return version
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
