@@ -153,7 +153,7 @@ def register(routes: web.RouteTableDef, services: Services) -> None:
         n = await asyncio.to_thread(services.outbox.retry, ids)
         return web.json_response({"requeued": n})
 
-    @routes.get(ROUTE_PREFIX + "/objects/{bucket}/{key:.+}")
+    @routes.get(ROUTE_PREFIX + "/objects/{bucket}/{key:[\\s\\S]+}")  # any key, so bad ones get a JSON 400
     @json_errors
     async def objects(request: web.Request) -> web.StreamResponse:
         check_token(request, token)
