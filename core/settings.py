@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from .errors import ConfigError, InvalidRequest
+from .url_policy import parse_allow_hosts
 
 #: Network-volume mount points, in order of preference (serverless workers, then pods).
 VOLUME_CANDIDATES: tuple[Path, ...] = (Path("/runpod-volume"), Path("/workspace"))
@@ -42,6 +43,16 @@ ENV_VARS: Mapping[str, str] = {
     "PODKIT_LORA_RAM_CACHE": "bytes of LoRA state dicts kept in RAM (default 2G)",
     "PODKIT_ETAG_TTL": "seconds a remote ETag is trusted before another HEAD (default 10)",
     "PODKIT_MULTIPART_THRESHOLD": "uploads/downloads above this size use parallel parts (default 64M)",
+    "PODKIT_HF_ENDPOINT": "Hugging Face Hub endpoint for model downloads (default https://huggingface.co)",
+    "PODKIT_CIVITAI_BASE_URL": "CivitAI site/API base URL (default https://civitai.com)",
+    "PODKIT_URL_ALLOW_HOSTS": "comma list of hosts, addresses or CIDR networks downloads may reach even "
+    "when private or link-local (no '*')",
+    "PODKIT_URL_ALLOW_PRIVATE": "1 lets downloads reach private and loopback addresses (default 0; "
+    "link-local/metadata stay refused)",
+    "PODKIT_MODELS_DIR": "where downloads are placed, one ComfyUI model folder per type (default "
+    "<volume>/podkit/models, else ComfyUI's models folder)",
+    "PODKIT_DOWNLOAD_FILES": "files downloaded at once (default 3)",
+    "PODKIT_DOWNLOAD_CONNECTIONS": "connections per downloaded file (default 8)",
 }
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)?\s*$", re.IGNORECASE)
@@ -76,6 +87,25 @@ def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> i
     return value
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean (use 1 or 0)")
+
+
+def _base_url(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip() or default
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"{name}={value!r} is not an http(s) base URL")
+    return value.rstrip("/")
+
+
 def _bucket(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name, "").strip() or default
     if not _BUCKET_RE.match(value):
@@ -104,6 +134,13 @@ class Settings:
     etag_ttl: float = 10.0
     multipart_threshold: int = 64 * 2**20
     instance_id: str = "default"
+    hf_endpoint: str = "https://huggingface.co"
+    civitai_base_url: str = "https://civitai.com"
+    url_allow_hosts: tuple[str, ...] = ()
+    url_allow_private: bool = False
+    models_dir: Path | None = None
+    download_files: int = 3
+    download_connections: int = 8
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     hf_token: str | None = field(default=None, repr=False)
@@ -154,12 +191,14 @@ class Settings:
             base = volume / "podkit"
             default_cache, default_state = base / "cache", base / "state" / instance
             default_store = base / "store"
+            default_models = base / "models"
         else:
             home = Path.home() / ".cache" / "podkit"
             default_cache = (comfy_models_dir / "podkit-cache") if comfy_models_dir else home / "cache"
             user_base = (comfy_user_dir / "podkit") if comfy_user_dir else home
             default_state = user_base / "state" / instance
             default_store = user_base / "store"
+            default_models = comfy_models_dir or home / "models"
 
         account = get("R2_ACCOUNT_ID")
         endpoint = get("PODKIT_S3_ENDPOINT")
@@ -192,6 +231,11 @@ class Settings:
         if not 0 <= etag_ttl <= 3600:
             raise ConfigError("PODKIT_ETAG_TTL must be between 0 and 3600 seconds")
 
+        try:
+            allow_hosts = parse_allow_hosts(env.get("PODKIT_URL_ALLOW_HOSTS", ""))
+        except InvalidRequest as e:
+            raise ConfigError(f"PODKIT_URL_ALLOW_HOSTS: {e}") from e
+
         return cls(
             store_kind=store_kind,
             lora_bucket=_bucket(env, "R2_LORA_BUCKET", "loras"),
@@ -210,6 +254,13 @@ class Settings:
             etag_ttl=etag_ttl,
             multipart_threshold=threshold,
             instance_id=instance,
+            hf_endpoint=_base_url(env, "PODKIT_HF_ENDPOINT", "https://huggingface.co"),
+            civitai_base_url=_base_url(env, "PODKIT_CIVITAI_BASE_URL", "https://civitai.com"),
+            url_allow_hosts=allow_hosts,
+            url_allow_private=_bool(env, "PODKIT_URL_ALLOW_PRIVATE", False),
+            models_dir=Path(get("PODKIT_MODELS_DIR") or default_models),
+            download_files=_int(env, "PODKIT_DOWNLOAD_FILES", 3, 1, 32),
+            download_connections=_int(env, "PODKIT_DOWNLOAD_CONNECTIONS", 8, 1, 64),
             access_key_id=get("R2_ACCESS_KEY_ID"),
             secret_access_key=get("R2_SECRET_ACCESS_KEY"),
             hf_token=get("HF_TOKEN"),
@@ -242,6 +293,11 @@ class Settings:
             "state_dir": str(self.state_dir),
             "volume_dir": str(self.volume_dir) if self.volume_dir else None,
             "instance_id": self.instance_id,
+            "hf_endpoint": self.hf_endpoint,
+            "civitai_base_url": self.civitai_base_url,
+            "url_allow_hosts": list(self.url_allow_hosts),
+            "url_allow_private": self.url_allow_private,
+            "models_dir": str(self.models_dir) if self.models_dir else None,
             "credentials": "configured" if self.access_key_id else "default chain",
             "hf_token": self.hf_token is not None,
             "civitai_token": self.civitai_token is not None,
