@@ -1,5 +1,6 @@
-// PodKit's frontend entry: settings, the bearer token for protected /podkit/ routes, and
-// upload notifications. Plain ES module, no build step (ComfyUI imports every .js under js/).
+// PodKit's frontend entry: the API token setting and the bearer token on PodKit's own requests
+// (notifications come from the panel, js/podkit_panel.js). Plain ES module, no build step
+// (ComfyUI imports every .js under js/).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -11,14 +12,6 @@ function token() {
   } catch {
     return "";
   }
-}
-
-function toast(severity, summary, detail) {
-  const t = app.extensionManager?.toast;
-  if (!t) return;
-  const msg = { severity, summary, detail, life: severity === "error" ? 8000 : 4000 };
-  if (typeof t[severity] === "function") t[severity](summary, detail);
-  else if (typeof t.add === "function") t.add(msg);
 }
 
 // Send the PodKit token with PodKit's own requests only (remote combos, the panel).
@@ -45,12 +38,4 @@ app.registerExtension({
       tooltip: "Sent as 'Authorization: Bearer …' with PodKit requests when the server sets PODKIT_API_TOKEN.",
     },
   ],
-  setup() {
-    api.addEventListener("podkit.upload", (event) => {
-      const item = event.detail || {};
-      if (item.status === "failed") {
-        toast("error", "PodKit upload failed", `${item.key}: ${item.last_error || "unknown error"}`);
-      }
-    });
-  },
 });
