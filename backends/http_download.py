@@ -61,6 +61,7 @@ from ..core.errors import (
     PayloadTooLarge,
     TransferFailed,
 )
+from .url_guard import policy_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -325,7 +326,11 @@ class _Transfer:
             if self.map is not None and self.map.complete:
                 self._open(truncate=False)
             else:
-                await self._download_with_retries()
+                try:
+                    await self._download_with_retries()
+                except BaseException:
+                    await self._checkpoint_on_stop()
+                    raise
             size = self.map.size if self.map is not None else self.linear
             await self._checkpoint_now()
             hasher = self.hasher
@@ -495,6 +500,15 @@ class _Transfer:
         if self.map is not None and self.map.ranges and self.fd >= 0:
             await asyncio.to_thread(self._save_map, list(self.map.done))
 
+    async def _checkpoint_on_stop(self) -> None:
+        """A cancel or failure keeps every written byte: one last fdatasync + map write."""
+        if self.checkpointing is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait([self.checkpointing])
+        if self.map is not None and self.map.ranges and self.fd >= 0:
+            with contextlib.suppress(OSError):
+                self._save_map(list(self.map.done))
+
     def _maybe_checkpoint(self) -> None:
         if self.since_checkpoint < self.checkpoint_every or self.map is None or not self.map.ranges:
             return
@@ -538,6 +552,9 @@ class _Transfer:
         try:
             resp = await self.engine.session.get(self.target_url, headers=headers, timeout=self.timeout)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            refused = policy_refusal(e)
+            if refused is not None:
+                raise refused from None  # the URL policy refused a hop: final, not a network blip
             if self.target_url != self.url:
                 self.target_url = self.url  # a signed CDN URL may have expired: resolve again
             raise _Retry(f"{type(e).__name__}: {e}") from e

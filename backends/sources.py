@@ -1,12 +1,14 @@
 """Sources: turn a :class:`DownloadItem` into the files to fetch, with size and sha256 when known.
 
 - Hugging Face, through ``huggingface_hub``: one ``model_info(files_metadata=True)`` call gives the
-  commit and every file's size and LFS sha256 (nothing is downloaded), then one ``HEAD`` of the
-  first file's resolve URL surfaces a gated repo (401/403), a missing file or a Xet-only file
-  before any transfer starts. URLs are pinned to the commit, so every file of a snapshot comes
-  from the same revision even if the branch moves during a 20 GB download.
+  commit and every file's size and LFS sha256 (nothing is downloaded), then a ``HEAD`` of each
+  file's resolve URL (the first alone, the rest 8 at a time) surfaces a gated repo (401/403), a
+  missing file or a Xet-only file before any transfer starts. URLs are pinned to the commit, so
+  every file of a snapshot comes from the same revision even if the branch moves during a 20 GB
+  download.
 - CivitAI, through its REST API (``/api/v1/model-versions/{id}``; a model page URL without a
-  version takes the newest version): download URL, file name, SHA256 and the model type.
+  version takes the newest version): download URL, file name, SHA256 and the model type; a ``HEAD``
+  of the download link (not following its redirect) surfaces a version that needs a token.
 - A plain ``http(s)`` URL: a ``HEAD`` (or a one-byte ranged ``GET`` where HEAD is refused) for
   the size and the ``Content-Disposition`` file name.
 - A bucket object (``r2://bucket/key``): the store's HEAD; the engine copies it with the store.
@@ -22,6 +24,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,12 +46,16 @@ from ..core.model_types import civitai_type
 from ..core.objects import ObjectStore, parse_object_uri
 from ..core.settings import Settings
 from ..core.url_policy import UrlPolicy, check_url
-from .url_guard import guard_trace, guarded_connector
+from .url_guard import guard_trace, guarded_connector, policy_refusal
 
 logger = logging.getLogger(__name__)
 
 MAX_API_BYTES = 8 * 2**20
 API_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=20, sock_read=30)
+#: HEADs of a snapshot's files in flight at once.
+HF_PROBE_THREADS = 8
+#: What a network failure looks like from aiohttp (``Forbidden`` is an ``OSError`` too).
+_NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 SHA256_HEX = frozenset("0123456789abcdef")
 
 
@@ -156,7 +163,7 @@ def _target_name(item: DownloadItem, remote_name: str) -> str:
 
 def resolve_hf(item: DownloadItem, settings: Settings) -> list[ResolvedFile]:
     """Blocking HF resolution (run in a thread): sizes and LFS sha256 without downloading."""
-    from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub import HfApi, HfFileMetadata, get_hf_file_metadata, hf_hub_url
     from huggingface_hub.utils._paths import filter_repo_objects
 
     if item.repo_id is None:
@@ -199,16 +206,26 @@ def resolve_hf(item: DownloadItem, settings: Settings) -> list[ResolvedFile]:
         url = hf_hub_url(item.repo_id, name, revision=commit, endpoint=endpoint)
         files.append(ResolvedFile(url=url, filename=target, size=size, sha256=sha, headers=headers))
 
-    # One HEAD before any transfer: gated repos list their files publicly but refuse the bytes.
-    probe = files[0]
-    with _hf_errors(item, where, token is not None, filename=chosen[0]):
-        meta = get_hf_file_metadata(probe.url, token=token or False, endpoint=endpoint, retry_on_errors=True)
-    if probe.size is None and meta.size is not None:
-        files[0] = _with(probe, size=meta.size)
-    if files[0].sha256 is None and len(files) == 1:
-        etag_sha = _sha256_or_none((meta.etag or "").strip('"'))
-        if etag_sha is not None and siblings[chosen[0]].lfs is not None:
-            files[0] = _with(files[0], sha256=etag_sha)
+    # HEAD each file before any transfer: a gated repo lists its files publicly but refuses the
+    # bytes, and a Xet-only file is refused over plain HTTP; both fail the request now, not after
+    # the first 20 GB of a snapshot. The first HEAD runs alone: a gated repo fails there.
+    def probe(i: int) -> HfFileMetadata:
+        with _hf_errors(item, where, token is not None, filename=chosen[i]):
+            return get_hf_file_metadata(
+                files[i].url, token=token or False, endpoint=endpoint, retry_on_errors=True
+            )
+
+    metas = [probe(0)]
+    if len(files) > 1:
+        with ThreadPoolExecutor(HF_PROBE_THREADS, thread_name_prefix="podkit-hf-head") as pool:
+            metas.extend(pool.map(probe, range(1, len(files))))
+    for i, meta in enumerate(metas):
+        f = files[i]
+        if f.size is None and meta.size is not None:
+            f = _with(f, size=meta.size)
+        if f.sha256 is None:  # the Hub's ETag of an LFS file is its sha256 (git ids have 40 digits)
+            f = _with(f, sha256=_sha256_or_none((meta.etag or "").strip('"')))
+        files[i] = f
     return files
 
 
@@ -261,6 +278,10 @@ class _hf_errors:
                     f"{what} is stored with Xet only and the Hub refused a plain HTTP download (HTTP "
                     f"{status}); PodKit downloads over HTTP: fetch it with `hf download` (hf_xet) into the "
                     "models folder, or pick a repo/revision served over HTTP"
+                ) from None
+            if status == 401 and self.has_token:
+                raise Unauthorized(
+                    f"Hugging Face refused HF_TOKEN for {what} (HTTP 401): the token is invalid or expired"
                 ) from None
             if status in (401, 403):
                 raise Unauthorized(f"Hugging Face refused {what} (HTTP {status}): {token_hint}") from None
@@ -318,6 +339,7 @@ async def _resolve_civitai(
     if not isinstance(url, str):
         raise StorageError(f"{label}: the API gave no download URL")
     check_url(url, UrlPolicy(allow_private=True))  # shape only; the session checks the addresses
+    await _probe_civitai_download(session, url, headers, label, token is not None)
     hashes = _mapping(chosen.get("hashes"))
     model_info = _mapping(version.get("model"))
     return ResolvedFile(
@@ -327,6 +349,36 @@ async def _resolve_civitai(
         sha256=_sha256_or_none(hashes.get("SHA256")),
         headers=headers,
         type_hint=civitai_type(str(model_info.get("type") or "")),
+    )
+
+
+async def _probe_civitai_download(
+    session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], label: str, has_token: bool
+) -> None:
+    """HEAD the download link without following it: a version that needs a login fails now."""
+    shown = redact_url(url)
+    try:
+        async with session.head(url, headers=headers, allow_redirects=False, timeout=API_TIMEOUT) as resp:
+            status = resp.status
+    except _NETWORK_ERRORS as e:
+        raise _network_error(e, f"CivitAI ({shown})") from None
+    if status in (401, 403):
+        hint = (
+            "CIVITAI_TOKEN was refused (invalid, or that account may not download it)"
+            if has_token
+            else "it needs a CivitAI account: set CIVITAI_TOKEN to an API key"
+        )
+        raise Unauthorized(f"CivitAI refused the download of {label} (HTTP {status}): {hint}")
+    if status in (404, 410):
+        raise NotFound(f"CivitAI has no download for {label} (HTTP {status})")
+    # Anything else (a redirect, 200, a HEAD-less 405, a passing 5xx) is the engine's to follow or retry.
+
+
+def _network_error(e: BaseException, what: str) -> PodKitError:
+    """A URL-policy refusal as itself; any other network failure as ``StoreUnavailable``."""
+    refused = policy_refusal(e)
+    return (
+        refused if refused is not None else StoreUnavailable(f"cannot reach {what}: {type(e).__name__}: {e}")
     )
 
 
@@ -356,8 +408,8 @@ async def _api_json(
             if resp.status >= 400:
                 raise StorageError(f"CivitAI answered HTTP {resp.status} for {shown}")
             body = await resp.content.read(MAX_API_BYTES + 1)
-    except aiohttp.ClientError as e:
-        raise StoreUnavailable(f"cannot reach CivitAI ({shown}): {e}") from None
+    except _NETWORK_ERRORS as e:
+        raise _network_error(e, f"CivitAI ({shown})") from None
     if len(body) > MAX_API_BYTES:
         raise StorageError(f"CivitAI's answer for {shown} is larger than {MAX_API_BYTES} bytes")
     try:
@@ -386,8 +438,8 @@ async def _resolve_url(item: DownloadItem, session: aiohttp.ClientSession) -> Re
             async with session.get(url, headers={"Range": "bytes=0-0"}, timeout=API_TIMEOUT) as got:
                 status, disposition, final_url = got.status, got.content_disposition, str(got.url)
                 size = _range_total(got) if status == 206 else _content_length(got)
-    except aiohttp.ClientError as e:
-        raise StoreUnavailable(f"cannot reach {shown}: {e}") from None
+    except _NETWORK_ERRORS as e:
+        raise _network_error(e, shown) from None
     if status == 404 or status == 410:
         raise NotFound(f"{shown} was not found (HTTP {status})")
     if status in (401, 403):

@@ -10,6 +10,11 @@ Three hooks cover every hop of a request:
 
 aiohttp itself refuses legacy numeric IPv4 spellings (``http://2130706433/``) in URLs, and drops
 ``Authorization`` when a redirect leaves the origin.
+
+aiohttp wraps an ``OSError`` raised by a resolver in ``ClientConnectorDNSError`` (and PodKit's
+``Forbidden`` is a ``PermissionError``), so callers that catch ``aiohttp.ClientError`` or ``OSError``
+to retry must first ask :func:`policy_refusal` whether the failure is a refusal: a refused URL is
+final, never "the network is down, try again".
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
+from ..core.errors import PodKitError
 from ..core.url_policy import UrlPolicy, check_address, check_url
 
 
@@ -56,7 +62,15 @@ def guard_trace(policy: UrlPolicy) -> aiohttp.TraceConfig:
     ) -> None:
         location = params.response.headers.get("Location") or params.response.headers.get("URI")
         if location:
-            check_url(str(params.url.join(URL(location, encoded=True))), policy)
+            try:
+                target = params.url.join(URL(location))
+            except ValueError:
+                return  # aiohttp refuses a malformed Location itself
+            try:
+                check_url(str(target), policy)
+            except PodKitError:
+                params.response.release()
+                raise
 
     trace = aiohttp.TraceConfig()
     trace.on_request_start.append(on_start)
@@ -69,3 +83,16 @@ def guarded_connector(policy: UrlPolicy, *, limit: int, limit_per_host: int = 0)
     return aiohttp.TCPConnector(
         resolver=GuardedResolver(policy), limit=limit, limit_per_host=limit_per_host, ttl_dns_cache=60
     )
+
+
+def policy_refusal(exc: BaseException) -> PodKitError | None:
+    """The URL-policy refusal behind ``exc`` (itself, or what aiohttp wrapped), else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, PodKitError):
+            return current
+        seen.add(id(current))
+        os_error = getattr(current, "os_error", None)
+        current = os_error if isinstance(os_error, BaseException) else current.__cause__
+    return None

@@ -39,6 +39,12 @@ _HOSTNAME_RE = re.compile(
 _LEGACY_PART_RE = re.compile(r"^(0x[0-9a-f]*|0[0-7]*|[1-9][0-9]*)$")
 #: Shared address space (RFC 6598) is not ``is_private`` in every Python version; treat it as private.
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
+#: Cloud metadata and host-agent endpoints outside 169.254.0.0/16: AWS's IPv6 IMDS (in the ULA range),
+#: Alibaba's (in the shared range) and Azure's wire server (a global address). They are refused like
+#: link-local addresses, so ``allow_private`` never opens them; only ``allow_hosts`` can.
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a) for a in ("fd00:ec2::254", "100.100.100.200", "168.63.129.16")
+)
 
 
 @dataclass(frozen=True)
@@ -151,12 +157,14 @@ def address_kind(address: IPAddress) -> str:
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None:
             return address_kind(embedded)
+    if address in METADATA_ADDRESSES:
+        return "link_local"
+    if address.is_loopback:  # before is_reserved: ::1 lies in the reserved ::/8
+        return "loopback"
     if address.is_unspecified or address.is_multicast or address.is_reserved:
         return "blocked"
     if isinstance(address, ipaddress.IPv4Address) and address == ipaddress.IPv4Address("255.255.255.255"):
         return "blocked"
-    if address.is_loopback:
-        return "loopback"
     if address.is_link_local:
         return "link_local"
     if address.is_private or (isinstance(address, ipaddress.IPv4Address) and address in _CGNAT):
@@ -230,6 +238,16 @@ def check_url(url: str, policy: UrlPolicy) -> None:
         Forbidden: the URL names a refused address.
     """
     host = split_url(url).hostname or ""
-    ip = parse_ip(host)
+    ip = parse_ip(_ascii_host(host))
     if ip is not None:
         check_address(host, str(ip), policy)
+
+
+def _ascii_host(host: str) -> str:
+    """``host`` as the HTTP client will send it: IDNA maps ``１２７.０.０.１`` to ``127.0.0.1``."""
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError as e:
+        raise InvalidRequest(f"host {host[:80]!r} is not a valid international domain name") from e

@@ -85,6 +85,15 @@ class S3Server:
             "region_name": self.region,
         }
 
+    def store_kwargs(self) -> dict[str, str]:
+        """Keyword arguments for PodKit's ``S3Store(**kwargs)``."""
+        return {
+            "endpoint_url": self.endpoint_url,
+            "region": self.region,
+            "access_key_id": self.access_key,
+            "secret_access_key": self.secret_key,
+        }
+
 
 class S3ServerHandle(Protocol):
     """Common interface of ``RadosGateway`` and ``MotoServer``."""
