@@ -691,6 +691,8 @@ class TrainingJob:
             "step": self.step,
             "total_steps": self.total_steps or self.request.steps,
             "loss": self.loss,
+            "speed": 1.0 / self.sec_per_step if self.sec_per_step else None,  # steps per second
+            "eta": self.eta_s,
             "sec_per_step": self.sec_per_step,
             "eta_s": self.eta_s,
             "error": self.error,

@@ -22,6 +22,7 @@ Faults on request (environment variables, so a test controls the trainer PodKit 
     FAKE_AITK_LIKE           path of a LoRA whose tensor names/shapes/dtypes the output copies
                              (so a real ComfyUI model matches it); values are fresh, seeded
     FAKE_AITK_SEED           seed of the random values (default 0)
+    FAKE_AITK_PRINT_ENV      1: print the names of the environment variables it was given
 """
 
 from __future__ import annotations
@@ -184,6 +185,8 @@ def main(argv: list[str]) -> int:
         Path(pid_file).write_text(f"{os.getpid()} {child_pid}\n")
 
     say(f"Running  1 process\nLoading Flux model\n#### IMPORTANT: {images} images found")
+    if os.environ.get("FAKE_AITK_PRINT_ENV") == "1":
+        say("environment: " + " ".join(sorted(os.environ)))
     delay = float(os.environ.get("FAKE_AITK_STEP_DELAY", "0.01"))
     crash_at, hang_at = env_int("FAKE_AITK_CRASH_AT"), env_int("FAKE_AITK_HANG_AT")
     bar = make_bar(name, steps, 0)

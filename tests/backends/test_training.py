@@ -1,0 +1,491 @@
+"""The training service with real trainer subprocesses (the ai-toolkit stand-in) and a real S3 server.
+
+The trainer is ``tests/support/fake_ai_toolkit/run.py`` launched through :class:`AiToolkitBackend`
+exactly as ai-toolkit's ``run.py`` would be; its faults (crash at step N, hang, ignored SIGTERM,
+a child in its process group) are switched on through its environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from http_server import FaultServer, fault_server
+
+from podkit.backends.http_download import HttpDownloader
+from podkit.backends.s3_store import S3Store
+from podkit.backends.state_db import StateDB
+from podkit.backends.trainer import AiToolkitBackend, process_start_time
+from podkit.backends.training_jobs import TrainingOptions, TrainingService
+from podkit.core.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from podkit.core.events import RecordingNotifier
+from podkit.core.objects import ObjectRef
+from podkit.core.outbox import Backoff
+from podkit.core.safetensors_info import read_safetensors_info
+from podkit.core.training import TrainingJob, step_saves, trainer_passthrough
+
+SUPPORT = Path(__file__).resolve().parents[1] / "support"
+FAKE_AI_TOOLKIT = SUPPORT / "fake_ai_toolkit"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+HF_SECRET = "hf_trainer_secret_value"
+R2_SECRET = "r2-secret-never-for-the-trainer"
+
+
+class EngineFetcher:
+    """The download manager's blocking ``fetch_file`` contract, on PodKit's HTTP download engine."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def fetch_file(
+        self,
+        url_or_uri: str,
+        dest_dir: Path,
+        *,
+        sha256: str | None = None,
+        max_bytes: int | None = None,
+        timeout: float | None = None,
+    ) -> Path:
+        self.calls.append(url_or_uri)
+        part = dest_dir / "download.part"
+
+        async def run() -> None:
+            async with aiohttp.ClientSession() as session:
+                engine = HttpDownloader(session, connections=2, backoff_base=0.01)
+                await engine.fetch(url_or_uri, part, sha256=sha256, max_bytes=max_bytes)
+
+        asyncio.run(run())
+        final = dest_dir / (url_or_uri.rsplit("/", 1)[-1] or "dataset.zip")
+        part.replace(final)
+        return final
+
+
+def dataset_zip(entries: dict[str, bytes] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in (
+            entries or {"ds/a.png": PNG, "ds/a.txt": b"p3r5on smiling", "ds/b.png": PNG}
+        ).items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def gone(pid: int) -> bool:
+    return process_start_time(pid) is None
+
+
+class Rig:
+    """Everything one test's services share: state dir, store, bucket, trainer settings."""
+
+    def __init__(self, tmp_path: Path, store: S3Store, bucket: str) -> None:
+        self.tmp = tmp_path
+        self.store = store
+        self.bucket = bucket
+        self.volume = tmp_path / "volume"
+        self.volume.mkdir()
+        self.dataset = self.volume / "dataset"
+        self.dataset.mkdir()
+        (self.dataset / "a.png").write_bytes(PNG)
+        (self.dataset / "a.txt").write_text("p3r5on")
+        (self.dataset / "b.png").write_bytes(PNG)
+        self.fetcher = EngineFetcher()
+        self.refreshes = 0
+        self.services: list[TrainingService] = []
+        self.env: dict[str, str] = {}
+
+    def service(self, *, concurrency: int = 1, **fake: str) -> TrainingService:
+        env = {
+            **os.environ,
+            "R2_SECRET_ACCESS_KEY": R2_SECRET,
+            "HF_TOKEN": "not-this-one",
+            **{f"FAKE_AITK_{k.upper()}": v for k, v in {**self.env, **fake}.items()},
+        }
+        names = [k for k in env if k.startswith("FAKE_AITK_")]
+        options = TrainingOptions(
+            training_dir=self.tmp / "state" / "training",
+            lora_bucket=self.bucket,
+            roots=(self.volume,),
+            passthrough_env=trainer_passthrough(env, names),
+            hf_token=HF_SECRET,
+            concurrency=concurrency,
+            stop_grace=1.0,
+            poll_interval=0.05,
+            backoff=Backoff(base=0.2, cap=1.0),
+        )
+        svc = TrainingService(
+            StateDB(self.tmp / "state" / "podkit.sqlite3"),
+            self.store,
+            AiToolkitBackend(FAKE_AI_TOOLKIT, python=sys.executable),
+            options,
+            notifier=RecordingNotifier(),
+            on_lora_uploaded=self._refreshed,
+            downloads=self.fetcher,
+        )
+        self.services.append(svc)
+        svc.start()
+        return svc
+
+    def _refreshed(self) -> None:
+        self.refreshes += 1
+
+    def close(self) -> None:
+        for svc in self.services:
+            svc.close()
+            svc.db.close()
+
+    def objects(self) -> list[str]:
+        return sorted(m.ref.key for m in self.store.list(self.bucket))
+
+
+@pytest.fixture
+def store(s3_server: Any) -> Iterator[S3Store]:
+    s = S3Store(
+        s3_server.endpoint_url,
+        region=s3_server.region,
+        access_key_id=s3_server.access_key,
+        secret_access_key=s3_server.secret_key,
+        max_attempts=1,
+        connect_timeout=2.0,
+    )
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def rig(tmp_path: Path, store: S3Store) -> Iterator[Rig]:
+    bucket = f"loras-{uuid.uuid4().hex[:10]}"
+    store.ensure_bucket(bucket)
+    r = Rig(tmp_path, store, bucket)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def web() -> Iterator[FaultServer]:
+    with fault_server() as srv:
+        yield srv
+
+
+def finished(svc: TrainingService, job_id: str) -> Callable[[], TrainingJob | None]:
+    def check() -> TrainingJob | None:
+        job = svc.get(job_id)
+        return job if job.finished_status else None
+
+    return check
+
+
+def request(name: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "steps": 40, "save_every": 10, **extra}
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def test_happy_path_zip_url_to_uploaded_lora(rig: Rig, web: FaultServer) -> None:
+    sha = web.add("/sets/portrait.zip", dataset_zip())
+    svc = rig.service(print_env="1")
+    url = web.url("/sets/portrait.zip")
+    job = svc.submit(request("portrait_v1", dataset={"url": url, "sha256": sha}, upload_intermediate=True))
+    assert job.status == "queued"
+    done = wait_for(finished(svc, job.id), "the job to finish")
+    assert done.status == "done", done.error
+    assert rig.fetcher.calls == [url]
+
+    # progress: parsed from ai-toolkit's tqdm bar
+    assert (done.step, done.total_steps) == (40, 40)
+    assert done.loss is not None and 0 < done.loss < 1
+    wire = done.to_wire()
+    assert wire["dataset"] == {"images": 2, "captions": 1, "missing_captions": 1}
+    detail = svc.detail(job.id)
+    steps = [s for s, _ in detail["loss"]]  # type: ignore[union-attr]
+    assert steps == sorted(set(steps)) and steps[-1] == 40 and len(steps) >= 5
+    assert any("Saving at step 30" in line for line in detail["log_tail"])  # type: ignore[union-attr]
+    config = yaml.safe_load(str(detail["config_yaml"]))
+    process = config["config"]["process"][0]
+    assert config["config"]["name"] == "portrait_v1"
+    assert Path(process["datasets"][0]["folder_path"]).is_dir()
+
+    # the trainer saw HF_TOKEN, but no storage credentials
+    env_line = next(line for line in detail["log_tail"] if line.startswith("environment: "))  # type: ignore[union-attr]
+    env_names = env_line.split()[1:]
+    assert "HF_TOKEN" in env_names and "PYTHONUNBUFFERED" in env_names
+    assert not [n for n in env_names if n.startswith(("R2_", "AWS_", "PODKIT_"))]
+    assert R2_SECRET not in Path(done.job_dir, "train.log").read_text()
+
+    # the LoRA: in the bucket with its ETag and sha256, the listing refreshed
+    ref = ObjectRef(rig.bucket, "portrait_v1.safetensors")
+    assert done.lora_uri == ref.uri
+    meta = rig.store.head(ref)
+    local = done.final_path.read_bytes()
+    assert done.lora_etag == meta.etag
+    assert done.lora_sha256 == hashlib.sha256(local).hexdigest() == meta.sha256
+    assert rig.store.get_bytes(ref) == local
+    assert read_safetensors_info(done.final_path).is_lora
+    assert rig.refreshes == 1
+    # intermediate step saves went up too (ai-toolkit keeps the last 4)
+    assert {
+        "portrait_v1/portrait_v1_000000010.safetensors",
+        "portrait_v1/portrait_v1_000000030.safetensors",
+    } <= set(rig.objects())
+    assert len(done.intermediate) == 3
+
+    # events: every state, in order, from the state database's point of view
+    statuses = [e["status"] for e in svc.notifier.of("podkit.training")]  # type: ignore[attr-defined]
+    seen = [s for i, s in enumerate(statuses) if i == 0 or statuses[i - 1] != s]
+    assert seen == ["queued", "preparing", "running", "uploading", "done"]
+    assert not [e for e in svc.notifier.events if HF_SECRET in json.dumps(e)]  # type: ignore[attr-defined]
+
+    # a finished job can be deleted; its folder goes with it
+    svc.delete(job.id)
+    assert not Path(done.job_dir).exists()
+    with pytest.raises(NotFound):
+        svc.get(job.id)
+
+
+def test_crash_at_step_n_fails_with_the_reason(rig: Rig) -> None:
+    svc = rig.service(crash_at="7")
+    job = svc.submit(request("crashy", dataset={"path": str(rig.dataset)}))
+    done = wait_for(finished(svc, job.id), "the crash")
+    assert done.status == "failed"
+    assert done.error is not None
+    assert "exited with code 1" in done.error and "CUDA out of memory" in done.error
+    assert done.step == 7
+    assert rig.objects() == []
+    assert rig.refreshes == 0
+
+
+def test_hang_then_cancel_kills_the_process_group(rig: Rig) -> None:
+    pid_file = rig.tmp / "pids"
+    svc = rig.service(hang_at="5", ignore_term="1", child="1", pid_file=str(pid_file), step_delay="0")
+    job = svc.submit(request("hangs", dataset={"path": str(rig.dataset)}, save_every=2))
+    wait_for(lambda: svc.get(job.id).step >= 5, "the trainer to reach step 5")
+    leader, child = (int(x) for x in pid_file.read_text().split())
+    assert not gone(leader) and not gone(child)
+    time.sleep(0.5)  # well past the hang: no progress comes any more
+    assert svc.get(job.id).status == "running"
+
+    cancelled = svc.cancel(job.id)
+    assert cancelled.status == "cancelled"
+    # SIGTERM was ignored by both: the group got SIGKILL
+    wait_for(lambda: gone(leader) and gone(child), "the process group to die", timeout=15)
+    assert len(step_saves(job.training_folder, "hangs")) == 2  # partial outputs exist locally...
+    assert rig.objects() == []  # ...and none of them was uploaded
+    assert rig.refreshes == 0
+    with pytest.raises(Conflict):
+        svc.cancel(job.id)
+
+
+def test_queue_runs_one_training_per_gpu(rig: Rig) -> None:
+    svc = rig.service(step_delay="0.02")
+    first = svc.submit(request("first", dataset={"path": str(rig.dataset)}))
+    second = svc.submit(request("second", dataset={"path": str(rig.dataset)}))
+    with pytest.raises(Conflict, match="already training 'first'"):
+        svc.submit(request("first", dataset={"path": str(rig.dataset)}))
+    wait_for(lambda: svc.get(first.id).status == "running", "the first job to run")
+    assert svc.get(second.id).status == "queued"
+    with pytest.raises(Conflict):
+        svc.delete(first.id)
+    wait_for(finished(svc, second.id), "the second job")
+    events = [(e["name"], e["status"]) for e in svc.notifier.of("podkit.training")]  # type: ignore[attr-defined]
+    assert events.index(("second", "preparing")) > events.index(("first", "uploading"))
+    assert svc.get(first.id).status == svc.get(second.id).status == "done"
+    assert rig.objects() == ["first.safetensors", "second.safetensors"]
+    # a queued job is cancelled at once
+    third = svc.submit(request("third", dataset={"path": str(rig.dataset)}, steps=5000))
+    fourth = svc.submit(request("fourth", dataset={"path": str(rig.dataset)}))
+    assert svc.cancel(fourth.id).status == "cancelled"
+    svc.cancel(third.id)
+    assert [j.name for j in svc.list_jobs()][:2] == ["fourth", "third"]
+
+
+def test_bad_datasets_and_paths(rig: Rig, web: FaultServer) -> None:
+    svc = rig.service()
+    with pytest.raises(Forbidden, match="outside the folders"):
+        svc.submit(request("x", dataset={"path": "/etc"}))
+    with pytest.raises(InvalidRequest, match="unknown field"):
+        svc.submit(request("x", dataset={"path": str(rig.dataset)}, gpu="all"))
+    web.add("/evil.zip", dataset_zip({"a.png": PNG, "../../escape.png": PNG}))
+    evil = svc.submit(request("evil", dataset={"url": web.url("/evil.zip")}))
+    web.add("/empty.zip", dataset_zip({"notes.txt": b"no images"}))
+    empty = svc.submit(request("empty", dataset={"url": web.url("/empty.zip")}))
+    missing = svc.submit(request("missing", dataset={"url": web.url("/nope.zip")}))
+    for job_id, needle in ((evil.id, "escapes the dataset folder"), (empty.id, "no training images"),
+                           (missing.id, "404")):  # fmt: skip
+        done = wait_for(finished(svc, job_id), "the intake to fail")
+        assert done.status == "failed" and needle in (done.error or ""), done.error
+    assert not list(rig.tmp.rglob("escape.png"))
+    # a dataset zip in the bucket works too
+    rig.store.put_bytes(
+        dataset_zip(), ObjectRef(rig.bucket, "datasets/set.zip"), content_type="application/zip"
+    )
+    ok = svc.submit(request("from_bucket", dataset={"uri": f"r2://{rig.bucket}/datasets/set.zip"}, steps=5))
+    assert wait_for(finished(svc, ok.id), "the bucket dataset job").status == "done"
+
+
+def test_training_disabled_without_ai_toolkit(rig: Rig) -> None:
+    svc = TrainingService(
+        StateDB(rig.tmp / "other.sqlite3"),
+        rig.store,
+        AiToolkitBackend(None),
+        TrainingOptions(training_dir=rig.tmp / "t", lora_bucket=rig.bucket, roots=(rig.volume,)),
+    )
+    with pytest.raises(Forbidden, match="PODKIT_AI_TOOLKIT_DIR"):
+        svc.submit(request("x", dataset={"path": str(rig.dataset)}))
+    svc.db.close()
+
+
+def test_restart_reattaches_to_a_running_trainer(rig: Rig) -> None:
+    pid_file = rig.tmp / "pids"
+    rig.env = {"step_delay": "0.03", "pid_file": str(pid_file)}
+    first = rig.service()
+    job = first.submit(request("survivor", dataset={"path": str(rig.dataset)}, steps=120))
+    wait_for(lambda: first.get(job.id).step >= 10, "progress")
+    first.close()  # ComfyUI restarts: the trainer keeps training
+    leader = int(pid_file.read_text().split()[0])
+    assert not gone(leader)
+    assert rig.services[0].get(job.id).status == "running"
+
+    second = rig.service()
+    wait_for(lambda: second.get(job.id).step > 20, "progress seen by the new service")
+    done = wait_for(finished(second, job.id), "the re-attached job")
+    assert done.status == "done", done.error
+    assert done.step == 120 and rig.objects() == ["survivor.safetensors"]
+    losses = [s for s, _ in second.detail(job.id)["loss"]]  # type: ignore[union-attr]
+    assert losses == sorted(set(losses))  # one series across both watchers, no repeats
+
+
+@pytest.mark.parametrize("outcome", ["finished", "killed"])
+def test_restart_after_the_trainer_ended_unwatched(rig: Rig, outcome: str) -> None:
+    pid_file = rig.tmp / "pids"
+    delay = "0.01" if outcome == "finished" else "0.05"
+    first = rig.service(step_delay=delay, pid_file=str(pid_file))
+    job = first.submit(request("unwatched", dataset={"path": str(rig.dataset)}, steps=60))
+    wait_for(lambda: first.get(job.id).step >= 3, "progress")
+    first.close()
+    leader = int(pid_file.read_text().split()[0])
+    if outcome == "killed":
+        os.killpg(leader, signal.SIGKILL)
+    wait_for(lambda: gone(leader), "the trainer to end")
+
+    second = rig.service()
+    done = wait_for(finished(second, job.id), "reconciliation")
+    if outcome == "finished":
+        assert done.status == "done", done.error
+        assert rig.objects() == ["unwatched.safetensors"]
+    else:
+        assert done.status == "failed"
+        assert "stopped while PodKit was not watching" in (done.error or "")
+        assert rig.objects() == []
+
+
+def test_kill_9_of_the_podkit_process_then_restart(rig: Rig, s3_server: Any) -> None:
+    """issue 7: kill -9 during a training; the restarted service reconciles it, never stuck running."""
+    pid_file = rig.tmp / "pids"
+    cfg = {
+        "s3": {
+            "endpoint_url": s3_server.endpoint_url,
+            "region": s3_server.region,
+            "access_key": s3_server.access_key,
+            "secret_key": s3_server.secret_key,
+        },
+        "state_dir": str(rig.tmp / "state"),
+        "training_dir": str(rig.tmp / "state" / "training"),
+        "bucket": rig.bucket,
+        "roots": [str(rig.volume)],
+        "env": {"PATH": os.environ.get("PATH", ""), "FAKE_AITK_STEP_DELAY": "0.03",
+                "FAKE_AITK_PID_FILE": str(pid_file)},
+        "request": request("after_kill", dataset={"path": str(rig.dataset)}, steps=150),
+    }  # fmt: skip
+    (rig.tmp / "host.json").write_text(json.dumps(cfg))
+    host = subprocess.Popen(  # noqa: S603 - our own test helper
+        [sys.executable, str(SUPPORT / "training_host.py"), str(rig.tmp / "host.json")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert host.stdout is not None
+        job_id = None
+        for line in host.stdout:
+            data = json.loads(line)["data"]
+            job_id = data["id"]
+            if data["status"] == "running" and data["step"] >= 5:
+                break
+        assert job_id is not None
+        os.kill(host.pid, signal.SIGKILL)  # no close(), no cleanup: the process is simply gone
+        host.wait(10)
+    finally:
+        if host.poll() is None:
+            host.kill()
+        host.wait()
+        if host.stdout is not None:
+            host.stdout.close()
+    leader = int(pid_file.read_text().split()[0])
+    assert not gone(leader)  # the trainer runs in its own session: it survived
+
+    svc = rig.service()
+    job = svc.get(job_id)
+    assert job.status == "running"  # re-attached, not merely marked
+    done = wait_for(finished(svc, job_id), "the job after kill -9")
+    assert done.status == "done", done.error
+    assert rig.objects() == ["after_kill.safetensors"]
+    assert done.lora_sha256 == hashlib.sha256(done.final_path.read_bytes()).hexdigest()
+
+
+def test_store_down_at_upload_time_then_back(rig: Rig, s3_gateway: Any) -> None:
+    """R2 unreachable when the LoRA is ready: retried with backoff, survives a restart, never lost."""
+    svc = rig.service()
+    s3_gateway.stop_gateway()
+    try:
+        job = svc.submit(request("patient", dataset={"path": str(rig.dataset)}, steps=10))
+        waiting = wait_for(
+            lambda: (j := svc.get(job.id)).status == "uploading" and j.attempts >= 2 and j,
+            "failed upload attempts",
+        )
+        assert "retrying" in (waiting.error or "")
+        svc.close()  # and PodKit restarts while the store is still down
+        again = rig.service()
+        wait_for(lambda: again.get(job.id).attempts > waiting.attempts, "retries after the restart")
+        assert again.get(job.id).status == "uploading"
+        assert again.get(job.id).final_path.is_file()  # the LoRA waits in the job folder
+    finally:
+        s3_gateway.start_gateway()
+    if getattr(s3_gateway, "kind", "") == "moto" or not _bucket_exists(rig):
+        rig.store.ensure_bucket(rig.bucket)  # moto forgets everything on restart
+    done = wait_for(finished(again, job.id), "the upload once the store is back")
+    assert done.status == "done", done.error
+    ref = ObjectRef(rig.bucket, "patient.safetensors")
+    assert rig.store.get_bytes(ref) == done.final_path.read_bytes()
+    assert done.lora_etag == rig.store.head(ref).etag
+
+
+def _bucket_exists(rig: Rig) -> bool:
+    try:
+        rig.store.list(rig.bucket, limit=1)
+    except NotFound:
+        return False
+    return True
