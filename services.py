@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
+from .backends.downloads import DownloadService
 from .backends.local_store import LocalStore
 from .backends.state_db import SqliteOutboxRepo, StateDB
 from .core.events import Notifier, NullNotifier
@@ -55,11 +56,14 @@ class Services:
     notifier: SwitchableNotifier
     lora_ram: ByteLRU[object]
     version: str = __version__
+    downloads: DownloadService | None = None
     started_at: float = field(default_factory=time.time)
 
     def start(self) -> None:
         """Start background work: outbox workers, a first LoRA listing, temp-file cleanup."""
         self.outbox.start()
+        if self.downloads is not None:
+            self.downloads.start()
         self.cache.clean_temp_files()
         threading.Thread(target=self._first_listing, name="podkit-lora-listing", daemon=True).start()
 
@@ -70,6 +74,8 @@ class Services:
 
     def close(self) -> None:
         self.outbox.stop()
+        if self.downloads is not None:
+            self.downloads.close()
         closer = getattr(self.store, "close", None)
         if callable(closer):
             closer()
@@ -113,7 +119,8 @@ def build_services(
         presign_ttl=settings.presign_ttl,
     )
     lora_ram: ByteLRU[object] = ByteLRU(settings.lora_ram_cache_bytes)
-    return Services(settings, store, cache, db, outbox, loras, saver, switch, lora_ram)
+    downloads = DownloadService(settings, db, store, notifier=switch)
+    return Services(settings, store, cache, db, outbox, loras, saver, switch, lora_ram, downloads=downloads)
 
 
 _lock = threading.Lock()

@@ -35,6 +35,7 @@ import os
 import random
 import shutil
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -70,6 +71,10 @@ WRITE_BATCH = 4 * 2**20
 #: Most bytes asked from the stream per read.
 READ_CHUNK = 4 * 2**20
 _HASH_BLOCK = 8 * 2**20
+#: A slow connection writes what it has at least this often (seconds), so a kill loses little.
+FLUSH_INTERVAL = 0.25
+#: The resume map is checkpointed at least this often (seconds) while bytes arrive.
+CHECKPOINT_INTERVAL = 1.0
 
 ProgressFn = Callable[[int, "int | None"], None]
 """Called with (bytes on disk, total bytes or None) as the download advances."""
@@ -313,6 +318,7 @@ class _Transfer:
         self.since_checkpoint = 0
         self.checkpoint_every = 16 * 2**20
         self.checkpointing: asyncio.Future[None] | None = None
+        self.checkpointed = time.monotonic()
         self.queue: deque[int] = deque()
         self.active = 0
         self.peak = 0
@@ -510,11 +516,15 @@ class _Transfer:
                 self._save_map(list(self.map.done))
 
     def _maybe_checkpoint(self) -> None:
-        if self.since_checkpoint < self.checkpoint_every or self.map is None or not self.map.ranges:
+        if self.map is None or not self.map.ranges or not self.since_checkpoint:
+            return
+        now = time.monotonic()
+        if self.since_checkpoint < self.checkpoint_every and now - self.checkpointed < CHECKPOINT_INTERVAL:
             return
         if self.checkpointing is not None and not self.checkpointing.done():
             return
         self.since_checkpoint = 0
+        self.checkpointed = now
         done = list(self.map.done)  # taken *before* the fdatasync: these bytes are all written
         self.checkpointing = asyncio.get_running_loop().run_in_executor(None, self._save_map, done)
 
@@ -658,6 +668,7 @@ class _Transfer:
         bufs: list[bytes] = []
         pending = 0
         pos = start
+        flushed = time.monotonic()
         reader = resp.content
         try:
             while end is None or pos + pending < end:
@@ -672,9 +683,10 @@ class _Transfer:
                     raise _Retry(f"connection closed at byte {pos + pending} of {end}")
                 bufs.append(chunk)
                 pending += len(chunk)
-                if pending >= WRITE_BATCH:
+                now = time.monotonic()
+                if pending >= WRITE_BATCH or now - flushed >= FLUSH_INTERVAL:
                     pos = self._write(bufs, pos, pending, index)
-                    bufs, pending = [], 0
+                    bufs, pending, flushed = [], 0, now
         finally:
             if pending:
                 self._write(bufs, pos, pending, index)

@@ -125,7 +125,7 @@ def _enum(kind: type[Enum], value: object, what: str) -> Any:
     try:
         return kind(value)
     except ValueError:
-        names = ", ".join(str(m.value) for m in kind)  # type: ignore[attr-defined]
+        names = ", ".join(str(m.value) for m in kind)
         raise ConfigError(
             f"{what}: unknown {kind.__name__.lower()} {value!r} (expected one of {names})"
         ) from None

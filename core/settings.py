@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import ConfigError, InvalidRequest
+from .training import GPU_POLICIES, trainer_passthrough
 from .url_policy import parse_allow_hosts
 
 #: Network-volume mount points, in order of preference (serverless workers, then pods).
@@ -53,6 +54,18 @@ ENV_VARS: Mapping[str, str] = {
     "<volume>/podkit/models, else ComfyUI's models folder)",
     "PODKIT_DOWNLOAD_FILES": "files downloaded at once (default 3)",
     "PODKIT_DOWNLOAD_CONNECTIONS": "connections per downloaded file (default 8)",
+    "PODKIT_AI_TOOLKIT_DIR": "ai-toolkit checkout used for LoRA training (default <volume>/ai-toolkit when it "
+    "holds run.py; unset = training disabled)",
+    "PODKIT_AI_TOOLKIT_PYTHON": "ai-toolkit's interpreter (default <dir>/venv/bin/python, <dir>/.venv/bin/python, "
+    "else ComfyUI's)",
+    "PODKIT_TRAINING_CONCURRENCY": "training jobs holding the GPU at once (default 1; the others wait in a queue)",
+    "PODKIT_TRAINING_GPU_POLICY": "'exclusive' (default: a trainer waits for ComfyUI's queue to drain and "
+    "unloads its models) or 'shared' (start at once, ComfyUI keeps its models)",
+    "PODKIT_TRAINER_ENV": "comma list of extra environment variables passed to the trainer (R2_*, AWS_*, "
+    "PODKIT_* and CIVITAI_* never are)",
+    "PODKIT_PRESETS_FILE": "YAML/JSON file overriding sampler presets (default <volume>/podkit/presets.yaml, "
+    "else <ComfyUI user dir>/podkit/presets.yaml)",
+    "PODKIT_METRICS_RETENTION_DAYS": "days of generation records kept in the state database (default 30)",
 }
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)?\s*$", re.IGNORECASE)
@@ -141,6 +154,13 @@ class Settings:
     models_dir: Path | None = None
     download_files: int = 3
     download_connections: int = 8
+    ai_toolkit_dir: Path | None = None
+    ai_toolkit_python: str | None = None
+    training_concurrency: int = 1
+    training_gpu_policy: str = "exclusive"
+    trainer_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    presets_file: Path | None = None
+    metrics_retention_days: int = 30
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     hf_token: str | None = field(default=None, repr=False)
@@ -192,6 +212,7 @@ class Settings:
             default_cache, default_state = base / "cache", base / "state" / instance
             default_store = base / "store"
             default_models = base / "models"
+            default_presets = base / "presets.yaml"
         else:
             home = Path.home() / ".cache" / "podkit"
             default_cache = (comfy_models_dir / "podkit-cache") if comfy_models_dir else home / "cache"
@@ -199,6 +220,7 @@ class Settings:
             default_state = user_base / "state" / instance
             default_store = user_base / "store"
             default_models = comfy_models_dir or home / "models"
+            default_presets = user_base / "presets.yaml"
 
         account = get("R2_ACCOUNT_ID")
         endpoint = get("PODKIT_S3_ENDPOINT")
@@ -236,6 +258,14 @@ class Settings:
         except InvalidRequest as e:
             raise ConfigError(f"PODKIT_URL_ALLOW_HOSTS: {e}") from e
 
+        ai_toolkit = get("PODKIT_AI_TOOLKIT_DIR")
+        if ai_toolkit is None and volume is not None and (volume / "ai-toolkit" / "run.py").is_file():
+            ai_toolkit = str(volume / "ai-toolkit")
+        gpu_policy = (get("PODKIT_TRAINING_GPU_POLICY") or "exclusive").lower()
+        if gpu_policy not in GPU_POLICIES:
+            raise ConfigError(f"PODKIT_TRAINING_GPU_POLICY={gpu_policy!r} must be one of {', '.join(GPU_POLICIES)}")
+        extra_trainer_env = (get("PODKIT_TRAINER_ENV") or "").split(",")
+
         return cls(
             store_kind=store_kind,
             lora_bucket=_bucket(env, "R2_LORA_BUCKET", "loras"),
@@ -261,6 +291,13 @@ class Settings:
             models_dir=Path(get("PODKIT_MODELS_DIR") or default_models),
             download_files=_int(env, "PODKIT_DOWNLOAD_FILES", 3, 1, 32),
             download_connections=_int(env, "PODKIT_DOWNLOAD_CONNECTIONS", 8, 1, 64),
+            ai_toolkit_dir=Path(ai_toolkit) if ai_toolkit else None,
+            ai_toolkit_python=get("PODKIT_AI_TOOLKIT_PYTHON"),
+            training_concurrency=_int(env, "PODKIT_TRAINING_CONCURRENCY", 1, 1, 16),
+            training_gpu_policy=gpu_policy,
+            trainer_env=trainer_passthrough(env, extra_trainer_env),
+            presets_file=Path(get("PODKIT_PRESETS_FILE") or default_presets),
+            metrics_retention_days=_int(env, "PODKIT_METRICS_RETENTION_DAYS", 30, 1, 3650),
             access_key_id=get("R2_ACCESS_KEY_ID"),
             secret_access_key=get("R2_SECRET_ACCESS_KEY"),
             hf_token=get("HF_TOKEN"),
@@ -293,6 +330,9 @@ class Settings:
             "state_dir": str(self.state_dir),
             "volume_dir": str(self.volume_dir) if self.volume_dir else None,
             "instance_id": self.instance_id,
+            "ai_toolkit_dir": str(self.ai_toolkit_dir) if self.ai_toolkit_dir else None,
+            "training_concurrency": self.training_concurrency,
+            "training_gpu_policy": self.training_gpu_policy,
             "hf_endpoint": self.hf_endpoint,
             "civitai_base_url": self.civitai_base_url,
             "url_allow_hosts": list(self.url_allow_hosts),

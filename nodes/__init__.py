@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from ._comfy import ComfyExtension, io
 from .lora_loader import PodKitR2LoraLoader, PodKitR2LoraLoaderModelOnly
+from .presets import PodKitPresetSampler, PodKitSamplerPreset
 from .save_r2 import PodKitSaveToR2
 
-NODES: list[type[io.ComfyNode]] = [PodKitR2LoraLoader, PodKitR2LoraLoaderModelOnly, PodKitSaveToR2]
+NODES: list[type[io.ComfyNode]] = [
+    PodKitR2LoraLoader,
+    PodKitR2LoraLoaderModelOnly,
+    PodKitSaveToR2,
+    PodKitSamplerPreset,
+    PodKitPresetSampler,
+]
 
 
 class PodKitExtension(ComfyExtension):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
+from ..backends.monitor import Monitor, RssProbe
 from ..server_routes import register
 from ..services import Services, get_services
 
@@ -46,5 +48,80 @@ def attach_to_comfyui() -> Services:
         if not _attached:
             svc.notifier.target = PromptServerNotifier()
             register(PromptServer.instance.routes, svc)
+            if svc.monitor is not None:
+                attach_monitor(svc.monitor)
             _attached = True
     return svc
+
+
+#: The execution events the performance monitor listens to.
+MONITORED_EVENTS = frozenset(
+    {
+        "execution_start",
+        "execution_cached",
+        "executing",
+        "executed",
+        "execution_success",
+        "execution_error",
+        "execution_interrupted",
+    }
+)
+
+
+class CudaRssProbe(RssProbe):
+    """Per-prompt peaks: CUDA memory (``max_memory_allocated``, reset at start) and process RSS."""
+
+    def reset(self) -> None:
+        super().reset()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def peaks(self) -> tuple[int | None, int | None, int | None]:
+        import torch
+
+        ram = self.peak()
+        if not torch.cuda.is_available():
+            return None, None, ram
+        device = torch.cuda.current_device()
+        total = int(torch.cuda.get_device_properties(device).total_memory)
+        return int(torch.cuda.max_memory_allocated(device)), total, ram
+
+
+def _running_graph(server: Any) -> Callable[[str], Mapping[str, Any] | None]:
+    def graph(prompt_id: str) -> Mapping[str, Any] | None:
+        running, _queued = server.prompt_queue.get_current_queue_volatile()
+        for item in running:
+            if len(item) > 2 and item[1] == prompt_id and isinstance(item[2], Mapping):
+                return item[2]
+        return None
+
+    return graph
+
+
+def attach_monitor(monitor: Monitor) -> None:
+    """Feed ComfyUI's execution events to ``monitor``.
+
+    The executor reports progress only through ``PromptServer.send_sync`` (there is no listener
+    API), so the server instance's ``send_sync`` is wrapped: the executor itself is untouched, the
+    event still goes out first-hand, and the monitor sees it on the worker thread at the moment it
+    is sent (what per-node timing needs). ComfyUI sends execution events only for prompts queued
+    with a ``client_id`` (every browser tab and websocket API client does).
+    """
+    from server import PromptServer
+
+    server = PromptServer.instance
+    original = server.send_sync
+    if getattr(original, "_podkit_monitor", False):
+        return
+    monitor.probe = CudaRssProbe()
+    monitor.set_graphs(_running_graph(server))
+
+    def send_sync(event: Any, data: Any, sid: Any = None) -> None:
+        if isinstance(event, str) and event in MONITORED_EVENTS:
+            monitor.on_event(event, data)
+        original(event, data, sid)
+
+    send_sync._podkit_monitor = True  # type: ignore[attr-defined]
+    server.send_sync = send_sync

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from . import contract, core_routes
+from . import contract, core_routes, downloads
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -23,4 +23,5 @@ __all__ = ["register"]
 def register(routes: web.RouteTableDef, services: Services) -> None:
     """Add every PodKit route to ``routes``."""
     core_routes.register(routes, services)
+    downloads.register(routes, services)
     contract.register(routes, services)

@@ -159,6 +159,15 @@ async def test_no_space_is_refused_before_downloading(
     assert server.bytes_sent < 16 * MiB
 
 
+async def settled_bytes_sent(server: FaultServer) -> int:
+    """The server's byte count once its handler threads noticed the closed connections."""
+    last = -1
+    while server.bytes_sent != last:
+        last = server.bytes_sent
+        await asyncio.sleep(0.3)
+    return last
+
+
 async def test_resume_after_interruption_fetches_little_twice(
     server: FaultServer, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
@@ -172,7 +181,7 @@ async def test_resume_after_interruption_fetches_little_twice(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    sent_first = server.bytes_sent
+    sent_first = await settled_bytes_sent(server)
     server.throttle_bps = None
     r = await engine(session, connections=4).fetch(server.url("/f"), part, sha256=sha)
     assert r.sha256 == sha and part.read_bytes() == data

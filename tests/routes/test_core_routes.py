@@ -32,6 +32,7 @@ def make_services(tmp_path: Path, **env: str) -> Services:
         "PODKIT_CACHE_DIR": str(tmp_path / "cache"),
         "PODKIT_STATE_DIR": str(tmp_path / "state"),
         "PODKIT_VOLUME_DIR": "",
+        "PODKIT_MODELS_DIR": str(tmp_path / "models"),
         **SECRETS,
         **env,
     }

@@ -1,0 +1,559 @@
+"""Generation records from ComfyUI's execution events, and what is computed from them.
+
+:class:`PromptRecorder` turns the event sequence of one prompt (``execution_start``,
+``execution_cached``, ``executing``, ``executed``, ``execution_success`` / ``_error`` /
+``_interrupted``) into a :class:`GenerationRecord`; it knows nothing of the host, so tests feed it
+recorded sequences. The rest is pure aggregation: percentiles, the report (slowest nodes, cache
+hit rate, bottleneck classification with recommendations) and the Prometheus text exposition.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+#: Node classes whose time is sampling (seconds-per-step is learnt from them).
+SAMPLER_CLASSES = frozenset(
+    {"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced", "PodKitPresetSampler"}
+)
+#: Node classes whose time is VAE decoding.
+DECODE_CLASSES = frozenset({"VAEDecode", "VAEDecodeTiled", "PodKitTiledVAEDecode"})
+#: Loader classes outside the "*Loader*" naming rule (the time is model I/O).
+LOADER_CLASSES = frozenset({"unCLIPCheckpointLoader", "ImageOnlyCheckpointLoader"})
+
+TERMINAL = MappingProxyType(
+    {"execution_success": "success", "execution_error": "error", "execution_interrupted": "interrupted"}
+)
+
+#: Fields a node may attach to the running prompt's record (:meth:`PromptRecorder.annotate`).
+ANNOTATIONS = frozenset({"family", "width", "height", "steps", "sampler", "tier", "predicted_s"})
+
+
+def node_kind(class_type: str) -> str:
+    """``sampler``, ``decode``, ``load`` or ``other``."""
+    if class_type in SAMPLER_CLASSES:
+        return "sampler"
+    if class_type in DECODE_CLASSES:
+        return "decode"
+    if class_type in LOADER_CLASSES or "Loader" in class_type:
+        return "load"
+    return "other"
+
+
+@dataclass(frozen=True)
+class NodeTiming:
+    node_id: str
+    class_type: str
+    seconds: float
+    cached: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "class_type": self.class_type,
+            "seconds": round(self.seconds, 4),
+            "cached": self.cached,
+        }
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    prompt_id: str
+    started: float  # epoch seconds
+    wall_s: float
+    status: str  # success | error | interrupted
+    nodes: tuple[NodeTiming, ...] = ()
+    family: str | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    sampler: str | None = None
+    tier: str | None = None
+    predicted_s: float | None = None
+    vram_peak: int | None = None
+    vram_total: int | None = None
+    ram_peak: int | None = None
+    error: str | None = None
+
+    def seconds_of(self, kind: str) -> float:
+        return sum(n.seconds for n in self.nodes if not n.cached and node_kind(n.class_type) == kind)
+
+    @property
+    def cached_count(self) -> int:
+        return sum(1 for n in self.nodes if n.cached)
+
+    @property
+    def prediction_error_pct(self) -> float | None:
+        if self.predicted_s is None or self.status != "success" or self.wall_s <= 0:
+            return None
+        return (self.predicted_s - self.wall_s) / self.wall_s * 100
+
+    def to_wire(self) -> dict[str, Any]:
+        err = self.prediction_error_pct
+        return {
+            "prompt_id": self.prompt_id,
+            "started": self.started,
+            "wall_s": round(self.wall_s, 4),
+            "status": self.status,
+            "family": self.family,
+            "width": self.width,
+            "height": self.height,
+            "steps": self.steps,
+            "sampler": self.sampler,
+            "vram_peak": self.vram_peak,
+            "vram_total": self.vram_total,
+            "ram_peak": self.ram_peak,
+            "tier": self.tier,
+            "predicted_s": None if self.predicted_s is None else round(self.predicted_s, 3),
+            "prediction_error_pct": None if err is None else round(err, 1),
+            "sampler_s": round(self.seconds_of("sampler"), 4),
+            "load_s": round(self.seconds_of("load"), 4),
+            "decode_s": round(self.seconds_of("decode"), 4),
+            "cached_nodes": self.cached_count,
+            "nodes": [n.to_wire() for n in self.nodes],
+            "error": self.error,
+        }
+
+
+def _literal_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def describe_graph(graph: Mapping[str, Any]) -> dict[str, Any]:
+    """Steps, sampler and latent size of an API-format prompt's first sampler with literal inputs."""
+    out: dict[str, Any] = {}
+    for node in graph.values():
+        if not isinstance(node, Mapping) or node.get("class_type") not in SAMPLER_CLASSES:
+            continue
+        inputs = node.get("inputs") or {}
+        steps = _literal_int(inputs.get("steps"))
+        if steps is None:
+            continue
+        out["steps"] = steps
+        if isinstance(inputs.get("sampler_name"), str):
+            out["sampler"] = inputs["sampler_name"]
+        latent = inputs.get("latent_image")
+        if isinstance(latent, list) and latent and isinstance(graph.get(str(latent[0])), Mapping):
+            source = graph[str(latent[0])].get("inputs") or {}
+            width, height = _literal_int(source.get("width")), _literal_int(source.get("height"))
+            if width and height:
+                out["width"], out["height"] = width, height
+        break
+    return out
+
+
+@dataclass
+class _Running:
+    prompt_id: str
+    started: float
+    t0: float
+    graph: Mapping[str, Any]
+    cached: list[str] = field(default_factory=list)
+    times: dict[str, float] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    current: str | None = None
+    current_t: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class PromptRecorder:
+    """Builds one :class:`GenerationRecord` per prompt from its execution events.
+
+    Node time = from its ``executing`` event to the next ``executing`` (or the end): ComfyUI sends
+    ``executing`` right before a node runs, on the worker thread, so the gap is the node's work.
+    Thread-safe: events come from the worker thread, annotations from nodes on the same thread,
+    reads from the server loop.
+
+    Args:
+        graphs: prompt id → the API-format prompt being run (class types and literal inputs), or
+            None when unknown.
+        clock: a monotonic clock; ``wall``: epoch seconds.
+    """
+
+    def __init__(
+        self,
+        graphs: Callable[[str], Mapping[str, Any] | None] = lambda _pid: None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.graphs = graphs
+        self.clock = clock
+        self.wall = wall
+        self._lock = threading.Lock()
+        self._running: _Running | None = None
+        # node id -> what that node said when it last ran: a node ComfyUI serves from its cache
+        # does not run again, but what it chose still describes this prompt
+        self._sticky: dict[str, dict[str, Any]] = {}
+
+    @property
+    def running_prompt(self) -> str | None:
+        with self._lock:
+            return self._running.prompt_id if self._running else None
+
+    def annotate(self, prompt_id: str | None = None, node_id: str | None = None, **info: Any) -> bool:
+        """Attach ``info`` (see :data:`ANNOTATIONS`) to the running prompt (or ``prompt_id``).
+
+        With ``node_id``, the info is also applied to later prompts in which that node is cached.
+        """
+        unknown = set(info) - ANNOTATIONS
+        if unknown:
+            raise ValueError(f"unknown annotation(s): {', '.join(sorted(unknown))}")
+        with self._lock:
+            if node_id is not None:
+                if len(self._sticky) >= 256 and node_id not in self._sticky:
+                    self._sticky.pop(next(iter(self._sticky)))
+                self._sticky[node_id] = dict(info)
+            run = self._running
+            if run is None or (prompt_id is not None and run.prompt_id != prompt_id):
+                return False
+            run.info.update({k: v for k, v in info.items() if v is not None})
+            return True
+
+    def on_event(self, event: str, data: Mapping[str, Any]) -> GenerationRecord | None:
+        """Feed one event; returns the finished record on the prompt's terminal event."""
+        if not isinstance(data, Mapping):
+            return None
+        prompt_id = data.get("prompt_id")
+        now = self.clock()
+        with self._lock:
+            if event == "execution_start" and isinstance(prompt_id, str):
+                graph = self.graphs(prompt_id) or {}
+                fresh = _Running(prompt_id, self.wall(), now, graph)
+                fresh.info.update(describe_graph(graph))
+                self._running = fresh
+                return None
+            run = self._running
+            if run is None or (prompt_id is not None and prompt_id != run.prompt_id):
+                return None
+            if event == "execution_cached":
+                run.cached = [str(n) for n in data.get("nodes") or []]
+                for n in run.cached:
+                    run.info.update({k: v for k, v in self._sticky.get(n, {}).items() if v is not None})
+            elif event == "executing":
+                self._close_node(run, now)
+                node = data.get("node")
+                if node is not None:
+                    run.current, run.current_t = str(node), now
+                    if run.current not in run.times:
+                        run.order.append(run.current)
+                        run.times[run.current] = 0.0
+            elif event == "executed":
+                if data.get("node") is not None and str(data["node"]) == run.current:
+                    self._close_node(run, now)
+            elif event in TERMINAL:
+                self._close_node(run, now)
+                self._running = None
+                return self._finish(run, TERMINAL[event], data, now)
+        return None
+
+    @staticmethod
+    def _close_node(run: _Running, now: float) -> None:
+        if run.current is not None:
+            run.times[run.current] += now - run.current_t
+            run.current = None
+
+    def _class_of(self, run: _Running, node_id: str) -> str:
+        node = run.graph.get(node_id)
+        if isinstance(node, Mapping) and isinstance(node.get("class_type"), str):
+            return str(node["class_type"])
+        return "unknown"
+
+    def _finish(self, run: _Running, status: str, data: Mapping[str, Any], now: float) -> GenerationRecord:
+        nodes = [NodeTiming(n, self._class_of(run, n), 0.0, cached=True) for n in run.cached]
+        nodes += [NodeTiming(n, self._class_of(run, n), run.times[n]) for n in run.order]
+        error = None
+        if status == "error":
+            error = f"{data.get('node_type') or 'node'} {data.get('node_id', '?')}: " + (
+                f"{data.get('exception_type', 'error')}: {data.get('exception_message', '')}".strip(": ")
+            )
+        elif status == "interrupted":
+            error = "interrupted"
+        info = run.info
+        return GenerationRecord(
+            prompt_id=run.prompt_id,
+            started=run.started,
+            wall_s=max(0.0, now - run.t0),
+            status=status,
+            nodes=tuple(nodes),
+            family=info.get("family"),
+            width=info.get("width"),
+            height=info.get("height"),
+            steps=info.get("steps"),
+            sampler=info.get("sampler"),
+            tier=info.get("tier"),
+            predicted_s=info.get("predicted_s"),
+            error=error[:500] if error else None,
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# aggregation
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0..100) with linear interpolation (numpy's default); None if empty."""
+    if not values:
+        return None
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+@dataclass(frozen=True)
+class Bottleneck:
+    kind: str  # vram | compute | io
+    detail: str
+    share: float  # how strongly (fraction of wall time, or of prompts for VRAM)
+    hints: tuple[str, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "detail": self.detail,
+            "share": round(self.share, 3),
+            "hints": list(self.hints),
+        }
+
+
+VRAM_HIGH = 0.9  # a peak above this fraction of the GPU's memory is VRAM-bound
+IO_SHARE = 0.3  # model loading above this share of wall time is I/O-bound
+SAMPLER_SHARE = 0.5
+DECODE_SHARE = 0.25
+_OOM = re.compile(r"out ?of ?memory|\bOOM\b", re.IGNORECASE)
+
+HINT_DRAFT = "use the Draft tier (or tier auto with a time budget) for iterations"
+HINT_TILED = (
+    "enable tiled decode (PodKit Cached Tiled VAE Decode): less VRAM, and repeated decodes hit its cache"
+)
+HINT_SMALLER = "lower the resolution or the batch size"
+HINT_IO = (
+    "keep models on fast local disk in PodKit's shared cache and avoid switching checkpoints between prompts"
+)
+
+
+def classify(records: Sequence[GenerationRecord]) -> list[Bottleneck]:
+    """VRAM-, compute- and I/O-bound findings for ``records``, strongest first."""
+    found: list[Bottleneck] = []
+    if not records:
+        return found
+    ooms = [r for r in records if r.status == "error" and r.error and _OOM.search(r.error)]
+    high = [r for r in records if r.vram_peak and r.vram_total and r.vram_peak >= VRAM_HIGH * r.vram_total]
+    if ooms or high:
+        parts = []
+        if ooms:
+            parts.append(f"{len(ooms)} prompt(s) failed out of GPU memory")
+        if high:
+            parts.append(f"{len(high)} prompt(s) peaked above {VRAM_HIGH:.0%} of GPU memory")
+        share = (len(ooms) + len(high)) / len(records)
+        # an out-of-memory failure outranks any time share
+        found.append(
+            Bottleneck("vram", "; ".join(parts), 1.0 + share if ooms else share, (HINT_TILED, HINT_SMALLER))
+        )
+    ok = [r for r in records if r.status == "success"]
+    wall = sum(r.wall_s for r in ok)
+    if wall > 0:
+        load = sum(r.seconds_of("load") for r in ok) / wall
+        sampling = sum(r.seconds_of("sampler") for r in ok) / wall
+        decode = sum(r.seconds_of("decode") for r in ok) / wall
+        if load >= IO_SHARE:
+            found.append(Bottleneck("io", f"model loading took {load:.0%} of wall time", load, (HINT_IO,)))
+        if sampling >= SAMPLER_SHARE:
+            found.append(
+                Bottleneck("compute", f"sampling took {sampling:.0%} of wall time", sampling, (HINT_DRAFT,))
+            )
+        if decode >= DECODE_SHARE:
+            found.append(
+                Bottleneck("compute", f"VAE decode took {decode:.0%} of wall time", decode, (HINT_TILED,))
+            )
+    found.sort(key=lambda b: -b.share)
+    return found
+
+
+def build_report(records: Sequence[GenerationRecord], hours: float, *, recent: int = 50) -> dict[str, Any]:
+    """The ``/podkit/metrics/report`` answer for ``records`` (newest first) of the last ``hours``."""
+    ok = [r for r in records if r.status == "success"]
+    walls = [r.wall_s for r in ok]
+    cached = sum(r.cached_count for r in records)
+    total_nodes = sum(len(r.nodes) for r in records)
+    per_class: dict[str, list[float]] = {}
+    for r in records:
+        for n in r.nodes:
+            if not n.cached:
+                per_class.setdefault(n.class_type, []).append(n.seconds)
+    slowest = sorted(
+        (
+            {"class_type": c, "mean_s": round(sum(v) / len(v), 4), "max_s": round(max(v), 4), "count": len(v)}
+            for c, v in per_class.items()
+        ),
+        key=lambda d: -float(d["mean_s"]),  # type: ignore[arg-type]
+    )[:10]
+    found = classify(records)
+    recommendations: list[str] = []
+    for b in found:
+        recommendations += [h for h in b.hints if h not in recommendations]
+    errors = [abs(e) for r in ok if (e := r.prediction_error_pct) is not None]
+    mean = sum(walls) / len(walls) if walls else None
+    return {
+        "hours": hours,
+        "count": len(records),
+        "succeeded": len(ok),
+        "failed": sum(1 for r in records if r.status == "error"),
+        "interrupted": sum(1 for r in records if r.status == "interrupted"),
+        "mean_s": None if mean is None else round(mean, 4),
+        "p50_s": _round(percentile(walls, 50)),
+        "p95_s": _round(percentile(walls, 95)),
+        "cache_hit_rate": round(cached / total_nodes, 4) if total_nodes else None,
+        "slowest_nodes": slowest,
+        "bottlenecks": [{"kind": b.kind, "detail": b.detail} for b in found],
+        "bottleneck": found[0].to_wire()
+        if found
+        else {"kind": "none", "detail": "", "share": 0.0, "hints": []},
+        "recommendations": recommendations,
+        "prediction": {
+            "count": len(errors),
+            "mean_abs_error_pct": round(sum(errors) / len(errors), 1) if errors else None,
+        },
+        "recent": [r.to_wire() for r in records[:recent]],
+    }
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)
+
+
+# ------------------------------------------------------------------------------------------------
+# Prometheus text exposition (format 0.0.4)
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+WALL_BUCKETS: tuple[float, ...] = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _fmt(v: float) -> str:
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(float(v)) if not float(v).is_integer() else str(int(v))
+
+
+class MetricsCounters:
+    """Process-lifetime counters fed one record at a time (Prometheus counters reset on restart)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.generations: dict[str, int] = {}
+        self.wall_buckets = [0] * (len(WALL_BUCKETS) + 1)
+        self.wall_sum = 0.0
+        self.node_seconds: dict[str, float] = {}
+        self.node_runs: dict[str, int] = {}
+        self.cached_nodes = 0
+        self.executed_nodes = 0
+        self.last: GenerationRecord | None = None
+
+    def add(self, record: GenerationRecord) -> None:
+        with self._lock:
+            self.generations[record.status] = self.generations.get(record.status, 0) + 1
+            if record.status == "success":
+                i = next((i for i, b in enumerate(WALL_BUCKETS) if record.wall_s <= b), len(WALL_BUCKETS))
+                self.wall_buckets[i] += 1
+                self.wall_sum += record.wall_s
+            for n in record.nodes:
+                if n.cached:
+                    self.cached_nodes += 1
+                    continue
+                self.executed_nodes += 1
+                self.node_seconds[n.class_type] = self.node_seconds.get(n.class_type, 0.0) + n.seconds
+                self.node_runs[n.class_type] = self.node_runs.get(n.class_type, 0) + 1
+            self.last = record
+
+    def render(self, extra_gauges: Mapping[str, tuple[str, float | None]] = MappingProxyType({})) -> str:
+        """The exposition text; ``extra_gauges``: name → (help, value) (None values are left out)."""
+        lines: list[str] = []
+
+        def header(name: str, kind: str, text: str) -> None:
+            lines.append(f"# HELP {name} {text}")
+            lines.append(f"# TYPE {name} {kind}")
+
+        with self._lock:
+            header(
+                "podkit_generations_total",
+                "counter",
+                "Prompts finished since this process started, by status.",
+            )
+            for status in ("success", "error", "interrupted"):
+                lines.append(
+                    f'podkit_generations_total{{status="{status}"}} {self.generations.get(status, 0)}'
+                )
+            header("podkit_generation_seconds", "histogram", "Wall time of successful prompts.")
+            cumulative = 0
+            for bound, n in zip((*WALL_BUCKETS, math.inf), self.wall_buckets, strict=True):
+                cumulative += n
+                lines.append(f'podkit_generation_seconds_bucket{{le="{_fmt(bound)}"}} {cumulative}')
+            lines.append(f"podkit_generation_seconds_sum {_fmt(self.wall_sum)}")
+            lines.append(f"podkit_generation_seconds_count {cumulative}")
+            header("podkit_node_seconds_total", "counter", "Seconds spent executing nodes, by node class.")
+            for c in sorted(self.node_seconds):
+                lines.append(
+                    f'podkit_node_seconds_total{{class_type="{_escape(c)}"}} {_fmt(self.node_seconds[c])}'
+                )
+            header("podkit_node_runs_total", "counter", "Node executions (not cached), by node class.")
+            for c in sorted(self.node_runs):
+                lines.append(f'podkit_node_runs_total{{class_type="{_escape(c)}"}} {self.node_runs[c]}')
+            header("podkit_nodes_cached_total", "counter", "Nodes served from ComfyUI's execution cache.")
+            lines.append(f"podkit_nodes_cached_total {self.cached_nodes}")
+            header("podkit_nodes_executed_total", "counter", "Nodes executed.")
+            lines.append(f"podkit_nodes_executed_total {self.executed_nodes}")
+            last = self.last
+            gauges: dict[str, tuple[str, float | None]] = {
+                "podkit_last_generation_seconds": (
+                    "Wall time of the last prompt.",
+                    last.wall_s if last else None,
+                ),
+                "podkit_last_vram_peak_bytes": (
+                    "Peak GPU memory allocated during the last prompt.",
+                    last.vram_peak if last else None,
+                ),
+                "podkit_last_ram_peak_bytes": (
+                    "Peak RSS of the process during the last prompt.",
+                    last.ram_peak if last else None,
+                ),
+                "podkit_last_prediction_error_pct": (
+                    "Predicted minus actual wall time of the last preset prompt, percent of actual.",
+                    last.prediction_error_pct if last else None,
+                ),
+            }
+        gauges.update(extra_gauges)
+        for name, (text, value) in gauges.items():
+            if value is None:
+                continue
+            header(name, "gauge", text)
+            lines.append(f"{name} {_fmt(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def with_resources(
+    record: GenerationRecord, *, vram_peak: int | None, vram_total: int | None, ram_peak: int | None
+) -> GenerationRecord:
+    return replace(record, vram_peak=vram_peak, vram_total=vram_total, ram_peak=ram_peak)
+
+
+def speed_inputs(records: Iterable[GenerationRecord]) -> list[tuple[str, int, int, int, float, float]]:
+    """(family, width, height, steps, sampler seconds, wall seconds) of successful, fully known runs."""
+    out = []
+    for r in records:
+        if r.status != "success" or not (r.family and r.width and r.height and r.steps):
+            continue
+        sampler_s = r.seconds_of("sampler")
+        if sampler_s > 0:
+            out.append((r.family, r.width, r.height, r.steps, sampler_s, r.wall_s))
+    return out
