@@ -18,6 +18,7 @@ from pathlib import Path
 from . import __version__
 from .backends.downloads import DownloadService
 from .backends.local_store import LocalStore
+from .backends.monitor import MetricsStore, Monitor
 from .backends.state_db import SqliteOutboxRepo, StateDB
 from .core.events import Notifier, NullNotifier
 from .core.loras import LoraLibrary
@@ -25,6 +26,7 @@ from .core.lru import ByteLRU
 from .core.model_cache import ModelCache
 from .core.objects import ObjectStore
 from .core.outbox import Backoff, Outbox
+from .core.presets import PresetBook
 from .core.saving import OutputSaver
 from .core.settings import Settings
 
@@ -57,6 +59,8 @@ class Services:
     lora_ram: ByteLRU[object]
     version: str = __version__
     downloads: DownloadService | None = None
+    monitor: Monitor | None = None
+    presets: PresetBook = field(default_factory=lambda: PresetBook(None))
     started_at: float = field(default_factory=time.time)
 
     def start(self) -> None:
@@ -64,6 +68,8 @@ class Services:
         self.outbox.start()
         if self.downloads is not None:
             self.downloads.start()
+        if self.monitor is not None:
+            self.monitor.start()
         self.cache.clean_temp_files()
         threading.Thread(target=self._first_listing, name="podkit-lora-listing", daemon=True).start()
 
@@ -120,7 +126,21 @@ def build_services(
     )
     lora_ram: ByteLRU[object] = ByteLRU(settings.lora_ram_cache_bytes)
     downloads = DownloadService(settings, db, store, notifier=switch)
-    return Services(settings, store, cache, db, outbox, loras, saver, switch, lora_ram, downloads=downloads)
+    monitor = Monitor(MetricsStore(db), switch, retention_days=settings.metrics_retention_days)
+    return Services(
+        settings,
+        store,
+        cache,
+        db,
+        outbox,
+        loras,
+        saver,
+        switch,
+        lora_ram,
+        monitor=monitor,
+        presets=PresetBook(settings.presets_file),
+        downloads=downloads,
+    )
 
 
 _lock = threading.Lock()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from . import contract, core_routes, downloads
+from . import contract, core_routes, downloads, metrics
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -24,4 +24,5 @@ def register(routes: web.RouteTableDef, services: Services) -> None:
     """Add every PodKit route to ``routes``."""
     core_routes.register(routes, services)
     downloads.register(routes, services)
+    metrics.register(routes, services)
     contract.register(routes, services)
