@@ -270,3 +270,24 @@ export function badgeText(state) {
     Object.values(state.training.byId).filter((j) => TRAINING_ACTIVE.has(j.status)).length;
   return n > 0 ? String(n) : "";
 }
+
+/**
+ * What finished downloads put into the model folders, per model type:
+ * {count, bytes, types: [[type, {count, bytes}], ...]} (types sorted by name).
+ */
+export function downloadedModels(state) {
+  const types = {};
+  let count = 0;
+  let bytes = 0;
+  for (const job of Object.values(state.downloads.byId)) {
+    if (job.status !== "done") continue;
+    const files = Array.isArray(job.files) && job.files.length ? job.files.length : 1;
+    const size = Number(job.bytes_total ?? job.bytes_done ?? 0) || 0;
+    const t = (types[job.model_type || "other"] ||= { count: 0, bytes: 0 });
+    t.count += files;
+    t.bytes += size;
+    count += files;
+    bytes += size;
+  }
+  return { count, bytes, types: Object.entries(types).sort(([a], [b]) => a.localeCompare(b)) };
+}

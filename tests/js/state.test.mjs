@@ -5,6 +5,7 @@ import { test } from "node:test";
 import {
   MAX_RECENT,
   badgeText,
+  downloadedModels,
   downloadGroups,
   initialState,
   isNewer,
@@ -136,4 +137,23 @@ test("toastFor: only status changes to done/failed toast", () => {
   assert.equal(toastFor("upload", undefined, { id: "o", status: "failed", key: "k", last_error: "503" }).severity, "error");
   assert.equal(toastFor("upload", undefined, { id: "o", status: "done", key: "k", bucket: "out" }).detail, "out/k");
   assert.equal(toastFor("upload", undefined, null), null);
+});
+
+test("downloadedModels sums finished downloads per model type", () => {
+  const s = reduce(initialState(), {
+    type: "downloads",
+    jobs: [
+      dl("a", "done", 1, { model_type: "lora", bytes_total: 100 }),
+      dl("b", "done", 2, { model_type: "lora", bytes_total: 50 }),
+      dl("c", "done", 3, { model_type: "checkpoint", bytes_total: 1000, files: [{}, {}] }),
+      dl("d", "running", 4, { model_type: "vae", bytes_total: 7 }),
+      dl("e", "done", 5, { bytes_done: 3 }),
+    ],
+  });
+  assert.deepEqual(downloadedModels(s), {
+    count: 5,
+    bytes: 1153,
+    types: [["checkpoint", { count: 2, bytes: 1000 }], ["lora", { count: 2, bytes: 150 }], ["other", { count: 1, bytes: 3 }]],
+  });
+  assert.deepEqual(downloadedModels(initialState()), { count: 0, bytes: 0, types: [] });
 });

@@ -4,6 +4,7 @@
 
 import { formatAgo, formatBytes, formatRate, fraction, parseSize } from "../format.js";
 import { busy, field, h, progressBar, setText, syncList } from "../dom.js";
+import { downloadedModels } from "../state.js";
 import { errorText, sectionFrame, statList, statusLine } from "./common.js";
 
 function hitRate(hits, misses) {
@@ -130,8 +131,10 @@ export function cacheSection(controller) {
       (e) => loraStatus.fail(errorText(e)),
     ),
   );
-  frame.body.append(cacheError.el, stats, evictionForm(controller), h("div", { class: "podkit-row-head" }, loraTitle, refresh), loraStatus.el, loraList);
+  const models = h("div", { class: "podkit-cache-block podkit-models" });
+  frame.body.append(cacheError.el, stats, models, evictionForm(controller), h("div", { class: "podkit-row-head" }, loraTitle, refresh), loraStatus.el, loraList);
   let shownStats = null;
+  let shownModels = "";
 
   return {
     el: frame.el,
@@ -153,6 +156,20 @@ export function cacheSection(controller) {
           ].filter(Boolean),
         );
         frame.setBadge(mc ? formatBytes(mc.bytes_on_disk) : "");
+      }
+      const m = downloadedModels(state);
+      const key = JSON.stringify(m);
+      if (key !== shownModels) {
+        shownModels = key;
+        models.replaceChildren(
+          h("h4", {}, "Downloaded models"),
+          m.count
+            ? statList([
+                ["Total", `${m.count} file${m.count === 1 ? "" : "s"}, ${formatBytes(m.bytes)}`],
+                ...m.types.map(([type, t]) => [type, `${t.count} file${t.count === 1 ? "" : "s"}, ${formatBytes(t.bytes)}`]),
+              ])
+            : h("p", { class: "podkit-empty" }, "No finished downloads listed."),
+        );
       }
       if (state.cache.error) cacheError.fail(`Cache: ${state.cache.error}`);
       else cacheError.clear();

@@ -1,7 +1,7 @@
 // Pieces every panel section uses: the collapsible section frame and the line that shows a
 // section's load error or the outcome of its last action.
 
-import { h, setText } from "../dom.js";
+import { busy, h, readForm, setText, showErrors } from "../dom.js";
 import { NOT_AVAILABLE } from "../state.js";
 
 /**
@@ -76,4 +76,22 @@ export function statList(pairs) {
     { class: "podkit-stats" },
     pairs.map(([label, value]) => [h("dt", {}, label), h("dd", {}, value)]),
   );
+}
+
+/**
+ * Wire a validated form: `build(values)` returns {body} or {errors: {field: message}}; errors are
+ * shown beside their fields (opening `advanced`, a <details>, when one of its fields is wrong),
+ * else `send(body)` runs with the submit button busy and its failure goes to the status line.
+ */
+export function onValidSubmit({ form, fields, submit, status, build, send, advanced = null }) {
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const { body, errors } = build(readForm(form));
+    if (advanced && errors && Object.keys(errors).some((k) => advanced.contains(fields[k]?.input))) advanced.open = true;
+    if (!showErrors(fields, errors || {})) {
+      status.fail("Check the highlighted fields.");
+      return;
+    }
+    busy(submit, () => send(body), (e) => status.fail(errorText(e)));
+  });
 }

@@ -4,8 +4,8 @@
 import { downloadProgressText, formatAgo, fraction } from "../format.js";
 import { DOWNLOAD_OPEN, downloadGroups } from "../state.js";
 import { MODEL_TYPES, buildDownloadRequest } from "../validate.js";
-import { busy, field, h, progressBar, readForm, setText, showErrors, statusPill, syncList } from "../dom.js";
-import { errorText, sectionFrame, statusLine } from "./common.js";
+import { busy, field, h, progressBar, setText, showErrors, statusPill, syncList } from "../dom.js";
+import { errorText, onValidSubmit, sectionFrame, statusLine } from "./common.js";
 
 const SOURCES = [
   ["hf", "Hugging Face"],
@@ -32,12 +32,22 @@ function downloadForm(controller) {
   };
   const bySource = { hf: ["repo_id", "filename", "revision"], civitai: ["civitai"], url: ["url"], bucket: ["uri"], manifest: ["manifest"] };
   const perItem = ["type", "name", "sha256"];
+  const main = ["source", "repo_id", "filename", "revision", "civitai", "url", "uri", "manifest"];
   const submit = h("button", { type: "submit", class: "podkit-primary" }, "Add download");
   const status = statusLine();
+  const options = h(
+    "details",
+    { class: "podkit-advanced" },
+    h("summary", {}, "Options"),
+    Object.entries(f)
+      .filter(([name]) => !main.includes(name))
+      .map(([, x]) => x.wrap),
+  );
   const form = h(
     "form",
     { class: "podkit-form", "aria-label": "Add a download", novalidate: true },
-    Object.values(f).map((x) => x.wrap),
+    main.map((name) => f[name].wrap),
+    options,
     h("div", { class: "podkit-actions" }, submit),
     status.el,
   );
@@ -55,24 +65,20 @@ function downloadForm(controller) {
     showSource();
   });
   showSource();
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const { body, errors } = buildDownloadRequest(readForm(form));
-    if (!showErrors(f, errors || {})) {
-      status.fail("Check the highlighted fields.");
-      return;
-    }
-    busy(
-      submit,
-      async () => {
-        const answer = await controller.api.addDownloads(body);
-        const jobs = (answer && answer.jobs) || [];
-        for (const job of jobs) controller.store.dispatch({ type: "download", job });
-        status.ok(`Queued ${jobs.length} download${jobs.length === 1 ? "" : "s"}.`);
-        for (const name of ["repo_id", "filename", "revision", "civitai", "url", "uri", "manifest", "name", "sha256"]) f[name].input.value = "";
-      },
-      (e) => status.fail(errorText(e)),
-    );
+  onValidSubmit({
+    form,
+    fields: f,
+    submit,
+    status,
+    advanced: options,
+    build: buildDownloadRequest,
+    async send(body) {
+      const answer = await controller.api.addDownloads(body);
+      const jobs = (answer && answer.jobs) || [];
+      for (const job of jobs) controller.store.dispatch({ type: "download", job });
+      status.ok(`Queued ${jobs.length} download${jobs.length === 1 ? "" : "s"}.`);
+      for (const name of ["repo_id", "filename", "revision", "civitai", "url", "uri", "manifest", "name", "sha256"]) f[name].input.value = "";
+    },
   });
   return form;
 }
@@ -133,8 +139,9 @@ function downloadRow(controller, onError) {
       bar.set(f, text);
       bar.el.setAttribute("aria-label", `Download progress of ${label}`);
       const where = next.dest && next.status === "done" ? `→ ${next.dest}` : "";
-      const when = !active && next.finished ? formatAgo(next.finished, Date.now() / 1000) : "";
-      setText(line, [text, where, when].filter(Boolean).join(" · "));
+      const files = Array.isArray(next.files) && next.files.length > 1 ? `${next.files.length} files` : "";
+      const when = active ? "" : formatAgo(next.finished ?? next.updated, Date.now() / 1000);
+      setText(line, [text, files, next.model_type, where, when].filter(Boolean).join(" · "));
       setText(err, next.error || "");
       err.hidden = !next.error;
     },

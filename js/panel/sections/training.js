@@ -5,8 +5,8 @@ import { lossChart } from "../charts.js";
 import { formatAgo, fraction, trainingProgressText } from "../format.js";
 import { TRAINING_ACTIVE, trainingGroups } from "../state.js";
 import { BASE_MODELS, CAPTION_EXTS, OPTIMIZERS, buildTrainingRequest } from "../validate.js";
-import { busy, field, h, progressBar, readForm, setText, showErrors, statusPill, syncList } from "../dom.js";
-import { errorText, sectionFrame, statusLine } from "./common.js";
+import { busy, field, h, progressBar, setText, statusPill, syncList } from "../dom.js";
+import { errorText, onValidSubmit, sectionFrame, statusLine } from "./common.js";
 
 function trainingForm(controller) {
   const f = {
@@ -35,11 +35,12 @@ function trainingForm(controller) {
   const all = { ...f, ...adv };
   const submit = h("button", { type: "submit", class: "podkit-primary" }, "Start training");
   const status = statusLine();
+  const advanced = h("details", { class: "podkit-advanced" }, h("summary", {}, "Advanced settings"), Object.values(adv).map((x) => x.wrap));
   const form = h(
     "form",
     { class: "podkit-form", "aria-label": "Launch a training", novalidate: true },
     Object.values(f).map((x) => x.wrap),
-    h("details", { class: "podkit-advanced" }, h("summary", {}, "Advanced settings"), Object.values(adv).map((x) => x.wrap)),
+    advanced,
     h("div", { class: "podkit-actions" }, submit),
     status.el,
   );
@@ -50,26 +51,22 @@ function trainingForm(controller) {
   };
   f.base_model.input.addEventListener("change", showCustom);
   showCustom();
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const values = readForm(form);
-    if (values.base_model !== "custom") delete values.arch;
-    const { body, errors } = buildTrainingRequest(values);
-    if (errors && Object.keys(errors).some((k) => k in adv)) form.querySelector(".podkit-advanced").open = true;
-    if (!showErrors(all, errors || {})) {
-      status.fail("Check the highlighted fields.");
-      return;
-    }
-    busy(
-      submit,
-      async () => {
-        const answer = await controller.api.launchTraining(body);
-        const job = answer && (answer.job || answer);
-        if (job && typeof job.id === "string") controller.store.dispatch({ type: "training", job });
-        status.ok(`Training ${body.name} queued.`);
-      },
-      (e) => status.fail(errorText(e)),
-    );
+  onValidSubmit({
+    form,
+    fields: all,
+    submit,
+    status,
+    advanced,
+    build(values) {
+      if (values.base_model !== "custom") delete values.arch;
+      return buildTrainingRequest(values);
+    },
+    async send(body) {
+      const answer = await controller.api.launchTraining(body);
+      const job = answer && (answer.job || answer);
+      if (job && typeof job.id === "string") controller.store.dispatch({ type: "training", job });
+      status.ok(`Training ${body.name} queued.`);
+    },
   });
   return form;
 }
