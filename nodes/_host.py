@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -48,10 +49,36 @@ def attach_to_comfyui() -> Services:
         if not _attached:
             svc.notifier.target = PromptServerNotifier()
             register(PromptServer.instance.routes, svc)
+            register_model_folders(svc)
             if svc.monitor is not None:
                 attach_monitor(svc.monitor)
             _attached = True
     return svc
+
+
+def register_model_folders(svc: Services) -> list[str]:
+    """Add the download manager's model folders to ComfyUI's search paths; returns those added.
+
+    Downloads land in ``<models_dir>/<folder>/``; registered as extra paths (the folders exist, so
+    ComfyUI's listing cache notices new files by the folders' mtimes) they show up in the loaders
+    without a restart and without symlinks. When the models dir is ComfyUI's own, nothing is added.
+    """
+    import folder_paths
+
+    if svc.downloads is None:
+        return []
+    added: list[str] = []
+    for name, path in svc.downloads.model_folders().items():
+        try:
+            known = {os.path.realpath(p) for p in folder_paths.get_folder_paths(name)}
+        except KeyError:
+            known = set()
+        if os.path.realpath(path) not in known:
+            folder_paths.add_model_folder_path(name, str(path))
+            added.append(name)
+    if added:
+        logger.info("PodKit: model folders under %s registered for %s", svc.downloads.root, ", ".join(added))
+    return added
 
 
 #: The execution events the performance monitor listens to.
