@@ -20,6 +20,7 @@ from .backends.downloads import DownloadService
 from .backends.local_store import LocalStore
 from .backends.monitor import MetricsStore, Monitor
 from .backends.state_db import SqliteOutboxRepo, StateDB
+from .backends.training_jobs import TrainingService, build_training_service
 from .core.events import Notifier, NullNotifier
 from .core.loras import LoraLibrary
 from .core.lru import ByteLRU
@@ -58,6 +59,7 @@ class Services:
     notifier: SwitchableNotifier
     lora_ram: ByteLRU[object]
     version: str = __version__
+    training: TrainingService | None = None
     downloads: DownloadService | None = None
     monitor: Monitor | None = None
     presets: PresetBook = field(default_factory=lambda: PresetBook(None))
@@ -72,6 +74,8 @@ class Services:
             self.monitor.start()
         self.cache.clean_temp_files()
         threading.Thread(target=self._first_listing, name="podkit-lora-listing", daemon=True).start()
+        if self.training is not None:
+            self.training.start()  # reconciles the jobs an earlier process left, then dispatches
 
     def _first_listing(self) -> None:
         listing = self.loras.refresh_listing()
@@ -79,6 +83,8 @@ class Services:
             logger.warning("PodKit: cannot list LoRA bucket %s: %s", self.settings.lora_bucket, listing.error)
 
     def close(self) -> None:
+        if self.training is not None:
+            self.training.close()  # detaches: running trainers go on and are re-attached next start
         self.outbox.stop()
         if self.downloads is not None:
             self.downloads.close()
@@ -126,6 +132,9 @@ def build_services(
     )
     lora_ram: ByteLRU[object] = ByteLRU(settings.lora_ram_cache_bytes)
     downloads = DownloadService(settings, db, store, notifier=switch)
+    training = build_training_service(
+        settings, db, store, notifier=switch, on_lora_uploaded=loras.refresh_listing, downloads=downloads
+    )
     monitor = Monitor(MetricsStore(db), switch, retention_days=settings.metrics_retention_days)
     return Services(
         settings,
@@ -140,6 +149,7 @@ def build_services(
         monitor=monitor,
         presets=PresetBook(settings.presets_file),
         downloads=downloads,
+        training=training,
     )
 
 

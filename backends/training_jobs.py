@@ -44,6 +44,7 @@ from ..core.events import Notifier, NullNotifier
 from ..core.objects import ObjectRef, ObjectStore, parse_object_uri
 from ..core.outbox import Backoff
 from ..core.safetensors_info import read_safetensors_info
+from ..core.settings import Settings
 from ..core.training import (
     ACTIVE_STATUSES,
     TrainingJob,
@@ -61,7 +62,7 @@ from ..core.training import (
     trainer_env,
 )
 from .state_db import StateDB
-from .trainer import TrainerBackend, TrainerProcess
+from .trainer import AiToolkitBackend, TrainerBackend, TrainerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -459,6 +460,12 @@ class TrainingService:
         """True while a training job holds the GPU under the ``exclusive`` policy."""
         return self.gpu.reserved()
 
+    def attach_host(self, *, generation_busy: Callable[[], bool], free_vram: Callable[[], None]) -> None:
+        """Let the ``exclusive`` policy see the host's prompt queue and free its VRAM (ComfyUI)."""
+        if isinstance(self.gpu, ExclusiveGpu):
+            self.gpu.generation_busy = generation_busy
+            self.gpu.free_vram = free_vram
+
     # ----------------------------------------------------------------- the job
     def _cancelled(self, job_id: str) -> bool:
         with self._cond:
@@ -822,3 +829,54 @@ def _read_loss(path: Path) -> list[tuple[int, float]]:
         except ValueError:
             continue  # a line cut short by a crash
     return out
+
+
+def hub_dirs(settings: Settings) -> tuple[Path, ...]:
+    """Hugging Face caches where a preset base model may already be (volume first)."""
+    env = settings.trainer_env
+    found: list[Path] = []
+    if env.get("HF_HUB_CACHE"):
+        found.append(Path(env["HF_HUB_CACHE"]))
+    if env.get("HF_HOME"):
+        found.append(Path(env["HF_HOME"]) / "hub")
+    if settings.volume_dir is not None:
+        volume = settings.volume_dir
+        found += [volume / "huggingface" / "hub", volume / ".cache" / "huggingface" / "hub"]
+    if env.get("HOME"):
+        found.append(Path(env["HOME"]) / ".cache" / "huggingface" / "hub")
+    return tuple(dict.fromkeys(found))
+
+
+def build_training_service(
+    settings: Settings,
+    db: StateDB,
+    store: ObjectStore,
+    *,
+    notifier: Notifier | None = None,
+    on_lora_uploaded: Callable[[], object] | None = None,
+    downloads: DatasetFetcher | None = None,
+) -> TrainingService:
+    """The training service the settings describe (training is disabled without an ai-toolkit dir)."""
+    roots = tuple(p for p in (settings.volume_dir, settings.models_dir) if p is not None)
+    hf_home = settings.volume_dir / "huggingface" if settings.volume_dir is not None else None
+    options = TrainingOptions(
+        training_dir=settings.state_dir / "training",
+        lora_bucket=settings.lora_bucket,
+        roots=roots,
+        hub_dirs=hub_dirs(settings),
+        passthrough_env=settings.trainer_env,
+        hf_token=settings.hf_token,
+        hf_home=hf_home,
+        concurrency=settings.training_concurrency,
+    )
+    gpu: GpuArbiter = ExclusiveGpu() if settings.training_gpu_policy == "exclusive" else SharedGpu()
+    return TrainingService(
+        db,
+        store,
+        AiToolkitBackend(settings.ai_toolkit_dir, settings.ai_toolkit_python),
+        options,
+        notifier=notifier,
+        on_lora_uploaded=on_lora_uploaded,
+        downloads=downloads,
+        gpu=gpu,
+    )

@@ -39,6 +39,22 @@ def services() -> Services:
     )
 
 
+def comfy_queue_busy() -> bool:
+    """True while ComfyUI runs or holds a prompt (an exclusive-GPU training waits for it)."""
+    from server import PromptServer
+
+    running, queued = PromptServer.instance.prompt_queue.get_current_queue_volatile()
+    return bool(running or queued)
+
+
+def comfy_free_vram() -> None:
+    """Ask ComfyUI's prompt worker to unload its models and free cached VRAM (what ``POST /free`` does)."""
+    from server import PromptServer
+
+    PromptServer.instance.prompt_queue.set_flag("unload_models", True)
+    PromptServer.instance.prompt_queue.set_flag("free_memory", True)
+
+
 def attach_to_comfyui() -> Services:
     """Build the services, route events to the browser and mount ``/podkit/`` routes (once)."""
     global _attached
@@ -52,6 +68,8 @@ def attach_to_comfyui() -> Services:
             register_model_folders(svc)
             if svc.monitor is not None:
                 attach_monitor(svc.monitor)
+            if svc.training is not None:  # PODKIT_TRAINING_GPU_POLICY=exclusive sees ComfyUI's queue
+                svc.training.attach_host(generation_busy=comfy_queue_busy, free_vram=comfy_free_vram)
             _attached = True
     return svc
 

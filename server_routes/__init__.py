@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from . import contract, core_routes, downloads, metrics
+from . import contract, core_routes, downloads, metrics, training
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -25,4 +25,5 @@ def register(routes: web.RouteTableDef, services: Services) -> None:
     core_routes.register(routes, services)
     downloads.register(routes, services)
     metrics.register(routes, services)
+    training.register(routes, services)
     contract.register(routes, services)
