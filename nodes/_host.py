@@ -70,6 +70,10 @@ def attach_to_comfyui() -> Services:
                 attach_monitor(svc.monitor)
             if svc.training is not None:  # PODKIT_TRAINING_GPU_POLICY=exclusive sees ComfyUI's queue
                 svc.training.attach_host(generation_busy=comfy_queue_busy, free_vram=comfy_free_vram)
+            import comfy.samplers
+
+            # the presets route validates the table against the same lists as the preset nodes
+            svc.presets.set_vocabulary(comfy.samplers.KSampler.SAMPLERS, comfy.samplers.KSampler.SCHEDULERS)
             _attached = True
     return svc
 
