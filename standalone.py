@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from aiohttp import web
 
+from .core.errors import PodKitError
 from .core.events import RecordingNotifier
 from .core.settings import Settings
 from .server_routes import register
@@ -46,7 +48,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the standalone control plane")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8189, help="port (default 8189)")
+    boot = sub.add_parser("bootstrap", help="download a manifest's models (run before ComfyUI starts)")
+    boot.add_argument("manifest", type=Path, help="YAML or JSON manifest (see README, Downloads)")
+    boot.add_argument("--force", action="append", default=[], metavar="NAME", help="download NAME again")
+    boot.add_argument("--models-dir", type=Path, help="models folder (default: PODKIT_MODELS_DIR)")
     args = parser.parse_args(argv)
+    if args.command == "bootstrap":
+        from .backends.bootstrap import run_bootstrap
+        from .services import make_store
+
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        try:
+            settings = Settings.from_env(os.environ)
+            store = make_store(settings)
+        except PodKitError as e:
+            print(f"podkit bootstrap: {e}", file=sys.stderr)  # noqa: T201
+            return 2
+        return run_bootstrap(settings, store, args.manifest, force=args.force, models_dir=args.models_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env(os.environ, port=args.port)
     services = build_services(settings, notifier=RecordingNotifier())

@@ -110,6 +110,7 @@ class FileState:
     sha256: str | None = None
     status: str = "queued"
     error: str | None = None
+    present: bool = False  # already in place and verified: nothing was transferred
 
     def to_wire(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -646,6 +647,7 @@ class DownloadService:
                 and (rf.size is None or rf.size == st.st_size)
             ):
                 self._mark_done(state, rel, st.st_size, str(record.get("sha256")), model_type)
+                state.present = True
                 return True
         elif model_type is not None:
             rel, path = self._dest_for(job.item, model_type, rf.filename)
@@ -665,6 +667,7 @@ class DownloadService:
             )
         self._write_index(key, rel, path, digest, model_type or "", job.item)
         self._mark_done(state, rel, size, digest, model_type)
+        state.present = True
         return True
 
     def _mark_done(self, state: FileState, rel: str, size: int, sha: str | None, model_type: object) -> None:
