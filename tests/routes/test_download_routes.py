@@ -47,7 +47,9 @@ async def until_finished(client: TestClient, job_id: str) -> dict[str, object]:
     raise AssertionError(f"job {job_id} did not finish")
 
 
-async def test_one_item_then_list_and_counts(client: TestClient, server: FaultServer, services: Services) -> None:
+async def test_one_item_then_list_and_counts(
+    client: TestClient, server: FaultServer, services: Services
+) -> None:
     data = safetensors_bytes(LORA_KEYS, 2 * MiB)
     sha = server.add("/style.safetensors", data)
     r = await client.post("/podkit/downloads", json={"url": server.url("/style.safetensors?token=s3cr3t")})
