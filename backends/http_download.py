@@ -51,6 +51,7 @@ from ..core.download_plan import (
     backoff_delay,
     parse_content_range,
     parse_retry_after,
+    piece_size_for,
     strong_validator,
 )
 from ..core.errors import (
@@ -66,10 +67,11 @@ from .url_guard import policy_refusal
 
 logger = logging.getLogger(__name__)
 
-#: Bytes gathered from the socket before one ``pwritev`` (fewer syscalls, no copies).
-WRITE_BATCH = 4 * 2**20
-#: Most bytes asked from the stream per read.
-READ_CHUNK = 4 * 2**20
+#: Bytes gathered from the socket before one ``pwritev`` (fewer syscalls, no copies). Small
+#: enough that a kill loses little that arrived but was not yet written (N connections x this).
+WRITE_BATCH = 2**20
+#: Most buffers in one ``pwritev`` (below the kernel's IOV_MAX of 1024).
+MAX_IOV = 512
 _HASH_BLOCK = 8 * 2**20
 #: A slow connection writes what it has at least this often (seconds), so a kill loses little.
 FLUSH_INTERVAL = 0.25
@@ -388,7 +390,8 @@ class _Transfer:
         else:
             first, start = 0, 0
             planned = self.expected_size
-            end = (min(planned, MIN_PIECE) if planned else MIN_PIECE) - 1
+            # Ask for exactly the first piece the map will plan, so that one response fills it.
+            end = (min(planned, piece_size_for(planned, self.connections)) if planned else MIN_PIECE) - 1
         if self.expected_size == 0 and not resume:
             resp = await self._request(None)
         else:
@@ -420,7 +423,7 @@ class _Transfer:
                 )
                 if start != 0:  # the file changed size under a resume: start over
                     resp.release()
-                    resp = await self._request((0, min(first_total, MIN_PIECE) - 1))
+                    resp = await self._request((0, self.need_map().piece_len(0) - 1))
                     self._raise_for_status(resp)
                 first = 0
             else:
@@ -635,14 +638,16 @@ class _Transfer:
                     whole, resp = resp, None
                     raise _RangesRefused(whole)
                 self._raise_for_status(resp)
-                first, _, total = parse_content_range(resp.headers.get("Content-Range"))
+                first, last, total = parse_content_range(resp.headers.get("Content-Range"))
                 if total != m.size:
                     raise _RangesRefused(None)  # the file changed: start over
                 if first != start:
                     raise TransferFailed(
                         f"{self.source}: asked for byte {start}, the server sent byte {first}"
                     )
-                await self._stream(resp, start, end, index)
+                # A shorter range than asked (the first request, a server's cap) is no failure:
+                # take what it holds and ask for the rest of the piece.
+                await self._stream(resp, start, min(end, last + 1), index)
             except _Retry as e:
                 attempt = 1 if m.done[index] > before else attempt + 1
                 if attempt > self.engine.retries:
@@ -672,19 +677,24 @@ class _Transfer:
         reader = resp.content
         try:
             while end is None or pos + pending < end:
-                want = READ_CHUNK if end is None else min(READ_CHUNK, end - pos - pending)
                 try:
-                    chunk = await reader.read(want)
+                    # One parser chunk as it arrived: read(n) and readany() join buffered chunks
+                    # (a copy of every byte); pwritev takes the list as it is.
+                    chunk, http_chunk_end = await reader.readchunk()
                 except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
                     raise _Retry(f"{type(e).__name__} after byte {pos + pending}: {e}") from e
                 if not chunk:
+                    if http_chunk_end:
+                        continue  # the end of a chunked-encoding chunk, not of the body
                     if end is None:
                         break
                     raise _Retry(f"connection closed at byte {pos + pending} of {end}")
+                if end is not None and pos + pending + len(chunk) > end:
+                    chunk = chunk[: end - pos - pending]  # never past the piece, whatever was sent
                 bufs.append(chunk)
                 pending += len(chunk)
                 now = time.monotonic()
-                if pending >= WRITE_BATCH or now - flushed >= FLUSH_INTERVAL:
+                if pending >= WRITE_BATCH or len(bufs) >= MAX_IOV or now - flushed >= FLUSH_INTERVAL:
                     pos = self._write(bufs, pos, pending, index)
                     bufs, pending, flushed = [], 0, now
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -72,6 +73,26 @@ async def test_small_file_and_empty_file(
     assert (tmp_path / "s").read_bytes() == b"hello" and r.sha256 == hashlib.sha256(b"hello").hexdigest()
     r = await engine(session).fetch(server.url("/empty"), tmp_path / "e", size=0)
     assert r.size == 0 and r.sha256 == hashlib.sha256(b"").hexdigest()
+
+
+@pytest.mark.parametrize("known_size", [True, False])
+async def test_pieces_larger_than_the_first_request_need_no_retry(
+    server: FaultServer,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    known_size: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="podkit.backends.http_download")
+    data = payload(96 * MiB)  # 2 connections: 8 pieces of 12 MiB, more than a first request of unknown size
+    sha = server.add("/f", data)
+    size = len(data) if known_size else None
+    r = await engine(session, connections=2).fetch(server.url("/f"), tmp_path / "p", size=size, sha256=sha)
+    assert r.sha256 == sha and server.bytes_sent == len(data)
+    starts = [int(rng.split("=")[1].split("-")[0]) for _, rng, _ in server.requests if rng]
+    assert len(starts) == len(set(starts))  # no range asked twice: nothing was retried
+    assert len(server.requests) == (8 if known_size else 9)  # unknown size: 8 MiB first, then the rest
+    assert "retry" not in caplog.text
 
 
 async def test_server_closing_mid_segment_is_retried(
