@@ -14,14 +14,13 @@ as root on Debian). Screenshots go to a temp dir (printed), or to ``PODKIT_TEST_
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -34,39 +33,12 @@ SUPPORT = REPO / "tests" / "support"
 if str(SUPPORT) not in sys.path:
     sys.path.insert(0, str(SUPPORT))
 
+from browser_support import CHROMIUM_ARGS, PageLog, chromium_path, missing_browser, open_context, watch  # noqa: E402
 from http_server import FaultServer  # noqa: E402
 from rgw import free_ports  # noqa: E402
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 DROPPED_ENV_PREFIXES = ("AWS_", "R2_", "PODKIT_", "FAKE_AITK_")
 DROPPED_ENV = {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "CIVITAI_TOKEN"}
-
-
-def chromium_path() -> str | None:
-    for candidate in (os.environ.get("PODKIT_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def missing_browser() -> str | None:
-    if chromium_path() is None:
-        return "chromium is not installed (apt-get install chromium; scripts/setup does it as root)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the Python package playwright is not installed (pip install -r requirements-dev.txt)"
-    return None
 
 
 @pytest.fixture(scope="session")
@@ -172,9 +144,11 @@ def plane_env() -> dict[str, str]:
     """Extra environment of the control plane (the training stand-in, when its settings exist)."""
     return {
         "PODKIT_DOWNLOAD_CONNECTIONS": "2",  # with the file server's throttle: progress takes seconds
+        # training runs the ai-toolkit stand-in; each step takes a tenth of a second
         "PODKIT_AI_TOOLKIT_DIR": str(SUPPORT / "fake_ai_toolkit"),
-        "PODKIT_TRAINING_PYTHON": sys.executable,
-        "FAKE_AITK_STEP_DELAY": "0.05",
+        "PODKIT_AI_TOOLKIT_PYTHON": sys.executable,
+        "PODKIT_TRAINER_ENV": "FAKE_AITK_STEP_DELAY",
+        "FAKE_AITK_STEP_DELAY": "0.1",
     }
 
 
@@ -198,16 +172,6 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@dataclass
-class PageLog:
-    """What the page did that a test may assert on: console errors, page errors, blocked requests."""
-
-    console_errors: list[str] = field(default_factory=list)
-    page_errors: list[str] = field(default_factory=list)
-    blocked: list[str] = field(default_factory=list)
-    failed_responses: list[str] = field(default_factory=list)
-
-
 @pytest.fixture(scope="session")
 def browser(browser_ready: None) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
@@ -218,30 +182,6 @@ def browser(browser_ready: None) -> Iterator[Any]:
             yield b
         finally:
             b.close()
-
-
-def open_context(browser: Any, log: PageLog, width: int = 420, height: int = 900) -> Any:
-    """A fresh context (own storage) that lets only loopback and inline URLs through."""
-    ctx = browser.new_context(viewport={"width": width, "height": height}, service_workers="block")
-
-    def gate(route: Any) -> None:
-        url = route.request.url
-        if url.startswith(("data:", "blob:")) or urlparse(url).hostname in LOOPBACK:
-            route.continue_()
-        else:
-            log.blocked.append(url)
-            route.abort()
-
-    ctx.route("**/*", gate)
-    return ctx
-
-
-def watch(page: Any, log: PageLog) -> None:
-    page.on("console", lambda m: log.console_errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: log.page_errors.append(str(e)))
-    page.on(
-        "response", lambda r: log.failed_responses.append(f"{r.status} {r.url}") if r.status >= 400 else None
-    )
 
 
 def documented_paths(plane: ControlPlane) -> set[str]:

@@ -92,7 +92,8 @@ function trainingRow(controller, onError, detailOf) {
 
   const fetchDetail = async () => {
     try {
-      controller.store.dispatch({ type: "training", job: await controller.api.training(job.id) });
+      // applied like an event, so a job this answer shows finished is toasted (and followed up) once
+      controller.onEvent("podkit.training", await controller.api.training(job.id));
     } catch (e) {
       onError(e);
     }
