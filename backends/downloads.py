@@ -386,7 +386,7 @@ class DownloadService:
             key = request_key(item)
             with self._lock:
                 job = next((j for j in self._jobs.values() if j.key == key), None)
-                if job is not None and job.status in ACTIVE:
+                if job is not None and job.status in ACTIVE and job.stop is None:
                     jobs.append(job)  # one transfer for identical requests
                     continue
                 if job is None:
@@ -482,6 +482,8 @@ class DownloadService:
     def _schedule(self, job: DownloadJob) -> None:
         def create() -> None:
             if job.task is not None and not job.task.done():
+                # still stopping (a cancel or pause just before this request): start when it ends
+                job.task.add_done_callback(lambda _t: create() if job.status == "queued" else None)
                 return
             job.task = asyncio.ensure_future(self._run(job))
 
@@ -847,8 +849,8 @@ class DownloadService:
         assert self._engine is not None  # noqa: S101
         try:
             await self._engine.fetch(url_or_uri, part, sha256=sha256, max_bytes=max_bytes)
-        except (PayloadTooLarge, CorruptFile):
-            discard_partial(part)
+        except BaseException:
+            discard_partial(part)  # the caller's folder never keeps a half-written file
             raise
         os.replace(part, dest_dir / name)
         map_path(part).unlink(missing_ok=True)

@@ -373,3 +373,59 @@ def test_two_processes_asking_for_one_file_make_one_transfer(tmp_path: Path, ser
         assert job["sha256"] == sha and job["dest"] == "vae/shared.safetensors"
     assert server.bytes_sent == len(data)
     assert (models / "vae/shared.safetensors").read_bytes() == data
+
+
+T5_KEYS = ["encoder.block.0.layer.0.SelfAttention.q.weight", "shared.weight"]
+CLIP_KEYS = ["text_model.encoder.layers.0.mlp.fc1.weight"]
+
+
+def test_hugging_face_snapshot_and_civitai_through_a_local_hub(tmp_path: Path) -> None:
+    from fake_hub import CivitFile, CivitModel, CivitVersion, fake_hub
+
+    with fake_hub() as hub:
+        t5, clip = safetensors_bytes(T5_KEYS, 2 * MiB, 5), safetensors_bytes(CLIP_KEYS, MiB, 6)
+        hub.add_repo(
+            "org/encoders", {"t5xxl.safetensors": t5, "clip_l.safetensors": clip, "README.md": b"# hi"}
+        )
+        hub.add_repo("org/gated", {"model.safetensors": t5}, gated=True)
+        lora = safetensors_bytes(LORA_KEYS, MiB, 7)
+        version = CivitVersion(55, 5, "v1", [CivitFile("pixel-art.safetensors", lora)])
+        hub.add_civitai_model(CivitModel(5, "Pixel art", "LORA", [version]))
+        harness = Harness(tmp_path, PODKIT_HF_ENDPOINT=hub.hub_url, PODKIT_CIVITAI_BASE_URL=hub.hub_url)
+        try:
+            snap = harness.run(repo_id="org/encoders", allow_patterns=["*.safetensors"])
+            assert snap.status == "done", snap.error
+            assert sorted(str(f.dest) for f in snap.files) == [
+                "text_encoders/clip_l.safetensors", "text_encoders/t5xxl.safetensors",
+            ]  # fmt: skip
+            assert snap.dest == "text_encoders" and snap.model_type == "text_encoder"
+            assert (harness.models / "text_encoders/t5xxl.safetensors").read_bytes() == t5
+            assert all(f.sha256 == hashlib.sha256(d).hexdigest() for f, d in zip(
+                sorted(snap.files, key=lambda f: f.name), (clip, t5), strict=True))  # fmt: skip
+
+            civ = harness.run(url="https://civitai.com/models/5?modelVersionId=55")
+            assert civ.status == "done", civ.error
+            assert (
+                civ.dest == "loras/pixel-art.safetensors" and civ.sha256 == hashlib.sha256(lora).hexdigest()
+            )
+
+            gated = harness.run(repo_id="org/gated", filename="model.safetensors")
+            assert gated.status == "failed" and "HF_TOKEN" in str(gated.error)
+            missing = harness.run(repo_id="org/encoders", filename="nope.safetensors")
+            assert missing.status == "failed" and "nope.safetensors" in str(missing.error)
+        finally:
+            harness.close()
+
+
+def test_cancel_then_the_same_request_at_once_starts_again(h: Harness, server: FaultServer) -> None:
+    data = safetensors_bytes(LORA_KEYS, 12 * MiB)
+    sha = server.add("/again.safetensors", data)
+    server.throttle_bps = 2 * MiB
+    job = h.submit(url=server.url("/again.safetensors"))
+    wait_for(lambda: h.svc.get(job.id).bytes_done > 0)
+    h.svc.cancel(job.id)
+    server.throttle_bps = None
+    again = h.submit(url=server.url("/again.safetensors"))  # before the cancel has settled
+    (done,) = h.svc.wait([again.id], timeout=60)
+    assert done.status == "done", done.error
+    assert done.sha256 == sha
