@@ -1,0 +1,221 @@
+"""Cached VAE decode: PodKit's exact banded decode behind the decoded-image cache (torch).
+
+Works on any object shaped like ComfyUI's ``comfy.sd.VAE`` (``first_stage_model``, ``device``,
+``vae_dtype``, ``output_device``, ``process_output``); the host-specific parts (loading the
+model onto its device, free memory, ComfyUI's own tiled decode as the fallback) come in as
+callables, so this module imports no ComfyUI and the tests drive it with a small LDM VAE.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.decode_cache import DecodeCache, decode_key
+from ..core.errors import InvalidRequest
+from .tiled_vae import DecodeMemoryError, LdmDecoder, Progress, TiledDecoder, UnsupportedVAE
+
+logger = logging.getLogger(__name__)
+
+#: Values sampled from every weight tensor for the fingerprint (plus names, shapes, dtypes).
+FINGERPRINT_SAMPLES = 64
+_fingerprints: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+_fingerprints_lock = threading.Lock()
+
+
+def latent_digest(samples: torch.Tensor) -> str:
+    """sha256 of a latent's shape, dtype and bytes."""
+    t = samples.detach().to("cpu").contiguous()
+    h = hashlib.sha256(f"{tuple(t.shape)}|{t.dtype}\n".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A cheap, stable identity of ``model``'s weights, computed once per model object.
+
+    Hashes every tensor's name, shape and dtype plus ``FINGERPRINT_SAMPLES`` values spread over it:
+    a different or fine-tuned VAE differs in every tensor, so sampling finds it in milliseconds
+    where hashing 320 MiB of weights would take a second.
+    """
+    with _fingerprints_lock:
+        known = _fingerprints.get(model)
+    if known is not None:
+        return known
+    h = hashlib.sha256()
+    with torch.inference_mode():
+        for name, t in sorted(model.state_dict().items()):
+            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}\n".encode())
+            flat = t.detach().reshape(-1)
+            if flat.numel() == 0:
+                continue
+            idx = torch.linspace(
+                0, flat.numel() - 1, min(FINGERPRINT_SAMPLES, flat.numel()), device=flat.device
+            )
+            h.update(flat[idx.long()].to("cpu", torch.float32).numpy().tobytes())
+    digest = h.hexdigest()
+    with _fingerprints_lock:
+        _fingerprints[model] = digest
+    return digest
+
+
+def vae_fingerprint(vae: Any) -> str:
+    """The VAE's weights fingerprint, plus its patcher's patch identity (a LoRA applied to the VAE)."""
+    base = weights_fingerprint(vae.first_stage_model)
+    patches = getattr(getattr(vae, "patcher", None), "patches_uuid", None)
+    return base if patches is None else f"{base}+{patches}"
+
+
+def write_image(image: torch.Tensor, path: Path) -> None:
+    """Write an IMAGE tensor as a .npy file (exact float32)."""
+    with open(path, "wb") as f:
+        np.save(f, image.detach().to("cpu", torch.float32).contiguous().numpy(), allow_pickle=False)
+
+
+def read_image(path: Path) -> tuple[torch.Tensor, int]:
+    """Read an IMAGE written by :func:`write_image`; (tensor, size in bytes).
+
+    Raises:
+        ValueError: not a float32 ``[B, H, W, C]`` array.
+    """
+    arr = np.load(path, allow_pickle=False)
+    if arr.dtype != np.float32 or arr.ndim != 4:
+        raise ValueError(f"{path.name}: expected a float32 [B,H,W,C] image, got {arr.dtype} {arr.shape}")
+    t = torch.from_numpy(arr)
+    return t, int(t.nbytes)
+
+
+@dataclass
+class DecodeInfo:
+    """What one cached decode did."""
+
+    method: str  # "banded" or "fallback"
+    cache: str  # "ram", "disk", "miss" or "off"
+    band_px: int | None
+    retries: int
+    seconds: float
+    reason: str | None = None  # why the fallback ran
+
+
+@dataclass
+class DecodeHost:
+    """What the host (ComfyUI, a test, a bench) provides around the VAE object.
+
+    Args:
+        prepare: load the VAE's weights onto its device, given the memory the decode needs.
+        free_memory: free bytes on the VAE's device now.
+        fallback: the host's own decode of a latent to an IMAGE ``[B, H, W, C]`` (ComfyUI's
+            ``vae.decode_tiled``), for VAEs the banded decode does not support.
+        fallback_settings: the fallback's tile settings (part of its cache key).
+    """
+
+    prepare: Callable[[int], None]
+    free_memory: Callable[[], int]
+    fallback: Callable[[torch.Tensor], torch.Tensor]
+    fallback_settings: Mapping[str, object]
+
+
+def cached_decode(
+    vae: Any,
+    samples: torch.Tensor,
+    host: DecodeHost,
+    *,
+    cache: DecodeCache[torch.Tensor] | None,
+    band_px: int = 0,
+    progress: Progress | None = None,
+) -> tuple[torch.Tensor, DecodeInfo]:
+    """Decode ``samples`` to an IMAGE ``[B, H, W, C]`` float32 in 0..1, through the cache.
+
+    ``band_px`` (output rows per band) 0 picks it from the device's free memory. A cache hit
+    returns a copy of the cached image without touching the VAE.
+
+    Raises:
+        InvalidRequest: ``samples`` is not a tensor, or a negative band size.
+    """
+    start = time.perf_counter()
+    if not isinstance(samples, torch.Tensor):
+        raise InvalidRequest("samples: expected a latent tensor")
+    if band_px < 0:
+        raise InvalidRequest("band size must be ≥ 0 (0 = auto)")
+    dec: LdmDecoder | None = None
+    reason: str | None = None
+    try:
+        if samples.ndim != 4:
+            raise UnsupportedVAE(
+                f"a {samples.ndim - 2}-D latent (video/audio) is decoded by ComfyUI's tiled path"
+            )
+        dec = LdmDecoder.from_model(vae.first_stage_model)
+    except UnsupportedVAE as e:
+        reason = str(e)
+    settings: dict[str, object] = (
+        {"method": "banded", "process_output": "comfy"}
+        if dec is not None
+        else {"method": "fallback", **dict(host.fallback_settings)}
+    )
+    key = None
+    if cache is not None:
+        key = decode_key(latent_digest(samples), vae_fingerprint(vae), settings)
+        hit = cache.get(key, read_image)
+        if hit is not None:
+            return hit[0].clone(), DecodeInfo(
+                str(settings["method"]), hit[1], None, 0, time.perf_counter() - start
+            )
+    image, band, retries = _decode(vae, samples, host, dec, band_px, progress)
+    if dec is None or band is None:
+        settings = {"method": "fallback", **dict(host.fallback_settings)}
+        if cache is not None:
+            key = decode_key(latent_digest(samples), vae_fingerprint(vae), settings)
+    if cache is not None and key is not None:
+        kept = image.detach().to("cpu", torch.float32).contiguous().clone()
+        cache.put(key, kept, int(kept.nbytes), lambda p: write_image(kept, p))
+    return image, DecodeInfo(
+        "banded" if band is not None else "fallback",
+        "miss" if cache is not None else "off",
+        band,
+        retries,
+        time.perf_counter() - start,
+        reason,
+    )
+
+
+def _decode(
+    vae: Any,
+    samples: torch.Tensor,
+    host: DecodeHost,
+    dec: LdmDecoder | None,
+    band_px: int,
+    progress: Progress | None,
+) -> tuple[torch.Tensor, int | None, int]:
+    """(image, band used or None for the fallback, OOM retries)."""
+    if dec is not None:
+        device = torch.device(getattr(vae, "device", "cpu"))
+        decoder = TiledDecoder(
+            dec,
+            device=device,
+            dtype=getattr(vae, "vae_dtype", torch.float32),
+            output_device=torch.device(getattr(vae, "output_device", "cpu")),
+        )
+        h, w = samples.shape[2:]
+        need = decoder.whole_image_bytes(h, w)
+        host.prepare(need)
+        band = band_px or decoder.auto_band(h, w, host.free_memory())
+        try:
+            with torch.inference_mode():
+                raw, report = decoder.decode(samples, band, progress)
+                image = vae.process_output(raw).movedim(1, -1)
+            return image, report.band_px, report.retries
+        except DecodeMemoryError as e:
+            logger.warning("PodKit decode: %s; falling back to ComfyUI's tiled decode", e)
+    with torch.inference_mode():
+        return host.fallback(samples), None, 0

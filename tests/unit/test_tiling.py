@@ -1,0 +1,136 @@
+"""Band planning, band sizing from free memory, decode cache keys and the two-tier decode cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from podkit.core.decode_cache import DecodeCache, decode_key
+from podkit.core.errors import InvalidRequest
+from podkit.core.model_cache import ModelCache
+from podkit.core.tiling import MIN_BAND_PX, MIN_ROWS, choose_band, layer_rows, next_smaller_band, row_bands
+
+MiB = 2**20
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 64, 100, 129, 1024])
+@pytest.mark.parametrize("rows", [1, 3, 8, 64, 5000])
+def test_bands_cover_every_row_exactly_once(length: int, rows: int) -> None:
+    bands = row_bands(length, rows)
+    covered = [r for a, b in bands for r in range(a, b)]
+    assert covered == list(range(length))  # in order, no gap, no overlap: each row's weight is 1
+    sizes = [b - a for a, b in bands]
+    assert max(sizes) <= rows and max(sizes) - min(sizes) <= 1
+    assert len(bands) == -(-length // rows)  # as few bands as the size allows
+
+
+@pytest.mark.parametrize(("length", "rows"), [(0, 4), (4, 0), (-1, 4)])
+def test_bad_band_requests_are_refused(length: int, rows: int) -> None:
+    with pytest.raises(InvalidRequest):
+        row_bands(length, rows)
+
+
+def test_layer_rows_scale_with_resolution() -> None:
+    assert layer_rows(256, 1024, 1024) == 256
+    assert layer_rows(256, 128, 1024) == 32  # latent level: an eighth of the rows
+    assert layer_rows(8, 16, 1024) == MIN_ROWS  # never below the minimum
+    assert layer_rows(4096, 64, 512) == 64  # never more than the layer has
+    with pytest.raises(InvalidRequest):
+        layer_rows(0, 10, 10)
+
+
+def test_choose_band_fits_the_budget() -> None:
+    cost = 384 * 4  # bytes per output pixel of a band at the widest layer (fp32)
+    band = choose_band(out_width=1024, out_height=1024, bytes_per_row_px=cost, free_bytes=1024 * MiB)
+    assert band * 1024 * cost <= 256 * MiB  # a quarter of the free memory
+    assert band >= 0.9 * (256 * MiB) / (1024 * cost)  # and not much less
+    capped = choose_band(out_width=1024, out_height=1024, bytes_per_row_px=cost, free_bytes=64 * 2**30)
+    assert capped * 1024 * cost <= 256 * MiB  # the cap: bigger bands buy no speed
+    small = choose_band(out_width=1024, out_height=1024, bytes_per_row_px=cost, free_bytes=64 * MiB)
+    assert small < band
+    assert choose_band(out_width=64, out_height=64, bytes_per_row_px=cost, free_bytes=2**30) == 64  # all fits
+    assert choose_band(out_width=1024, out_height=1024, bytes_per_row_px=cost, free_bytes=0) == MIN_BAND_PX
+    with pytest.raises(InvalidRequest):
+        choose_band(out_width=0, out_height=8, bytes_per_row_px=cost, free_bytes=MiB)
+
+
+def test_smaller_band_halves_down_to_the_minimum() -> None:
+    steps = [256]
+    while (n := next_smaller_band(steps[-1])) is not None:
+        steps.append(n)
+    assert steps == [256, 128, 64, 32, 16, 8]
+    assert next_smaller_band(12) == MIN_BAND_PX
+
+
+def test_decode_key_depends_on_every_part() -> None:
+    base = decode_key("lat", "vae", {"method": "banded"})
+    assert base == decode_key("lat", "vae", {"method": "banded"}) and len(base) == 64
+    assert decode_key("lat2", "vae", {"method": "banded"}) != base
+    assert decode_key("lat", "vae2", {"method": "banded"}) != base
+    assert decode_key("lat", "vae", {"method": "fallback", "tile": 64}) != base
+    tiled = decode_key("lat", "vae", {"method": "fallback", "tile": 64, "overlap": 8})
+    assert tiled != decode_key("lat", "vae", {"method": "fallback", "tile": 64, "overlap": 16})
+    assert tiled == decode_key("lat", "vae", {"overlap": 8, "tile": 64, "method": "fallback"})  # order-free
+    # parts are delimited: moving characters between parts changes the key
+    assert decode_key("ab", "c", {}) != decode_key("a", "bc", {})
+    with pytest.raises(InvalidRequest):
+        decode_key("", "vae", {})
+    with pytest.raises(InvalidRequest):
+        decode_key("lat", "vae", {"x": object()})
+
+
+def key(n: int) -> str:
+    return decode_key(f"latent{n}", "vae", {"method": "banded"})
+
+
+def test_ram_tier_hits_misses_and_byte_bound() -> None:
+    cache: DecodeCache[bytes] = DecodeCache(10)
+    assert cache.get(key(1)) is None
+    cache.put(key(1), b"aaaa", 4)
+    cache.put(key(2), b"bbbb", 4)
+    assert cache.get(key(1)) == (b"aaaa", "ram")
+    cache.put(key(3), b"cccc", 4)  # over 10 bytes: the least recently used (key 2) goes
+    assert cache.get(key(2)) is None and cache.get(key(3)) == (b"cccc", "ram")
+    s = cache.stats()
+    assert (s.ram_hits, s.misses, s.stores, s.ram_entries, s.ram_bytes) == (2, 2, 3, 2, 8)
+    assert s.hit_rate == 0.5 and not s.disk_enabled
+    assert s.to_wire()["ram_max_bytes"] == 10
+    with pytest.raises(InvalidRequest):
+        cache.get("../../etc/passwd")
+
+
+def load_bytes(path: Path) -> tuple[bytes, int]:
+    data = path.read_bytes()
+    if not data.startswith(b"IMG"):
+        raise ValueError("not an image blob")
+    return data, len(data)
+
+
+def test_disk_tier_is_shared_through_the_model_cache(tmp_path: Path) -> None:
+    models = ModelCache(tmp_path, max_bytes=MiB)
+    writer: DecodeCache[bytes] = DecodeCache(MiB, models)
+    writer.put(key(1), b"IMG1", 4, lambda p: p.write_bytes(b"IMG1"))
+    reader: DecodeCache[bytes] = DecodeCache(MiB, ModelCache(tmp_path, max_bytes=MiB))  # another process
+    assert reader.get(key(1), load_bytes) == (b"IMG1", "disk")
+    assert reader.get(key(1), load_bytes) == (b"IMG1", "ram")
+    assert reader.get(key(2), load_bytes) is None
+    s = reader.stats()
+    assert (s.disk_hits, s.ram_hits, s.misses, s.disk_enabled) == (1, 1, 1, True)
+    (entry,) = models.entries()
+    assert entry.source.startswith("podkit-decode:") and entry.path.suffix == ".npy"
+
+
+def test_disk_failures_never_fail_the_decode(tmp_path: Path) -> None:
+    models = ModelCache(tmp_path, max_bytes=MiB)
+    cache: DecodeCache[bytes] = DecodeCache(MiB, models)
+
+    def broken(path: Path) -> None:
+        raise OSError("disk full")
+
+    cache.put(key(1), b"IMG1", 4, broken)  # logged and counted, not raised
+    assert cache.stats().disk_errors == 1 and not models.entries()
+    cache.put(key(2), b"XXXX", 4, lambda p: p.write_bytes(b"XXXX"))
+    fresh: DecodeCache[bytes] = DecodeCache(MiB, models)
+    assert fresh.get(key(2), load_bytes) is None  # unreadable blob: a miss
+    assert fresh.stats().disk_errors == 1 and fresh.stats().misses == 1
