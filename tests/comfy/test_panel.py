@@ -1,0 +1,173 @@
+"""The PodKit sidebar tab inside a real ComfyUI on its pinned frontend, in headless Chromium.
+
+The tab opens and shows every section; a download added over PodKit's route is followed to the
+end through ComfyUI's websocket (``podkit.download`` events; the panel's own re-sync is set to 10
+minutes, so only events can move it), toasts when it finishes; re-rendering into a reused element
+leaves one panel; nothing PodKit logs to the console is an error, and nothing leaves loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SUPPORT = Path(__file__).resolve().parents[1] / "support"
+if str(SUPPORT) not in sys.path:
+    sys.path.insert(0, str(SUPPORT))
+
+from browser_support import CHROMIUM_ARGS, PageLog, chromium_path, missing_browser, open_context, watch  # noqa: E402
+from http_server import FaultServer  # noqa: E402
+
+TAB = "podkit-panel"
+TAB_BUTTON = f'[data-testid="{TAB}-tab-button"], button.{TAB}-tab-button'
+SECTIONS = ["Downloads", "Models & cache", "Training", "Monitor", "Outbox"]
+
+
+@pytest.fixture(scope="module")
+def comfy_panel_server(
+    comfy_server_factory: Callable[..., Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    reason = missing_browser()
+    if reason:
+        pytest.skip(reason)
+    models = tmp_path_factory.mktemp("panel-models")
+    srv = comfy_server_factory(
+        name="panel",
+        env={"PODKIT_URL_ALLOW_HOSTS": "127.0.0.1", "PODKIT_MODELS_DIR": str(models)},
+        start=False,
+    )
+    settings = srv.user_dir / "default" / "comfy.settings.json"
+    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True, "PodKit.Panel.RefreshSeconds": 600}))
+    srv.start()
+    srv.require_podkit()
+    srv.models = models
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def files() -> Iterator[FaultServer]:
+    server = FaultServer().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def comfy_page(comfy_panel_server: Any) -> Iterator[tuple[Any, PageLog]]:
+    from playwright.sync_api import sync_playwright
+
+    log = PageLog()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+        try:
+            ctx = open_context(browser, log, width=1400, height=900)
+            page = ctx.new_page()
+            watch(page, log)
+            page.goto(comfy_panel_server.url + "/")
+            page.wait_for_function("() => !!(window.app && window.app.extensionManager)", timeout=120_000)
+            yield page, log
+        finally:
+            browser.close()
+    assert not log.blocked, f"the page tried to reach the outside: {log.blocked}"
+
+
+def podkit_errors(log: PageLog) -> list[str]:
+    """Console errors and page errors that come from PodKit (ComfyUI's own noise is not ours)."""
+    mine = [e for e in log.console_errors if "podkit" in e.lower()]
+    return mine + [e for e in log.page_errors if "podkit" in e.lower()]
+
+
+def tiny_lora() -> bytes:
+    header = json.dumps(
+        {"lora_unet_x.lora_down.weight": {"dtype": "F32", "shape": [256], "data_offsets": [0, 1024]}}
+    )
+    raw = header.encode() + b" " * (-len(header) % 8)
+    return len(raw).to_bytes(8, "little") + raw + bytes(1024)
+
+
+def test_tab_opens_with_every_section(comfy_page: tuple[Any, PageLog], tmp_path: Path) -> None:
+    page, log = comfy_page
+    page.wait_for_selector(TAB_BUTTON, timeout=30_000)
+    page.click(TAB_BUTTON)
+    page.wait_for_selector("#podkit-root .podkit-conn[data-state='live']", timeout=30_000)
+    assert page.locator("#podkit-root .podkit-section-title").all_inner_texts() == SECTIONS
+    page.wait_for_selector("#podkit-sec-cache >> text=Model cache")
+    # the sidebar's width: nothing in the panel is wider than its container
+    widths = page.evaluate(
+        "() => { const r = document.getElementById('podkit-root'); return [r.scrollWidth, r.clientWidth]; }"
+    )
+    assert widths[0] <= widths[1] + 1, widths
+    keep = os.environ.get("PODKIT_TEST_SCREENSHOTS")  # a folder to keep screenshots in
+    folder = Path(keep) if keep else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / "comfy-sidebar.png"))
+    assert podkit_errors(log) == []
+
+
+def test_rendering_again_into_the_same_element_leaves_one_panel(comfy_page: tuple[Any, PageLog]) -> None:
+    page, log = comfy_page
+    # ComfyUI may call render(el) again with the old content still in el (issue #4372)
+    page.evaluate(
+        """() => {
+          const tab = window.app.extensionManager.getSidebarTabs().find((t) => t.id === 'podkit-panel');
+          const el = document.getElementById('podkit-root').parentElement;
+          tab.render(el);
+          tab.render(el);
+        }"""
+    )
+    assert page.locator("#podkit-root").count() == 1
+    page.wait_for_selector("#podkit-root .podkit-conn[data-state='live']")
+    assert podkit_errors(log) == []
+
+
+def test_a_download_event_updates_the_open_tab(
+    comfy_page: tuple[Any, PageLog], files: FaultServer, comfy_panel_server: Any
+) -> None:
+    page, log = comfy_page
+    data = tiny_lora()
+    files.add("/panel/event_lora.safetensors", data)
+    listed: list[str] = []
+    page.on(
+        "request",
+        lambda r: (
+            listed.append(r.url)
+            if r.url.split("?")[0].endswith("/podkit/downloads") and r.method == "GET"
+            else None
+        ),
+    )
+    answer = page.evaluate(
+        """async (url) => {
+          const r = await window.app.api.fetchApi('/podkit/downloads', {
+            method: 'POST', headers: {'Content-Type': 'application/json'},
+            body: JSON.stringify({items: [{source: 'url', url, type: 'lora'}]}),
+          });
+          return {status: r.status, body: await r.json()};
+        }""",
+        files.url("/panel/event_lora.safetensors"),
+    )
+    assert answer["status"] == 202, answer
+    row = page.locator("#podkit-sec-downloads li.podkit-row", has_text="event_lora.safetensors").first
+    row.wait_for(timeout=30_000)
+    deadline = time.monotonic() + 60
+    while row.get_attribute("data-status") != "done":
+        assert row.get_attribute("data-status") not in {"failed", "cancelled"}, row.inner_text()
+        assert time.monotonic() < deadline, row.inner_text()
+        page.wait_for_timeout(200)
+    assert row.locator("[role=progressbar]").get_attribute("aria-valuenow") == "100"
+    assert "→ loras/event_lora.safetensors" in row.inner_text()
+    assert listed == [], f"the panel polled instead of following events: {listed}"
+    # the finished download is toasted (1.27: toast.add with a life; 1.58: toast.success with a duration)
+    page.wait_for_selector("text=Download finished", timeout=10_000)
+    assert (comfy_panel_server.models / "loras" / "event_lora.safetensors").read_bytes() == data
+    assert podkit_errors(log) == []
