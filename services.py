@@ -23,6 +23,7 @@ from .backends.state_db import SqliteOutboxRepo, StateDB
 from .backends.training_jobs import TrainingService, build_training_service
 from .core.events import Notifier, NullNotifier
 from .core.loras import LoraLibrary
+from .core.decode_cache import DecodeCache
 from .core.lru import ByteLRU
 from .core.model_cache import ModelCache
 from .core.objects import ObjectStore
@@ -63,6 +64,7 @@ class Services:
     downloads: DownloadService | None = None
     monitor: Monitor | None = None
     presets: PresetBook = field(default_factory=lambda: PresetBook(None))
+    decode_cache: DecodeCache[object] = field(default_factory=lambda: DecodeCache(2**30))
     started_at: float = field(default_factory=time.time)
 
     def start(self) -> None:
@@ -148,6 +150,9 @@ def build_services(
         lora_ram,
         monitor=monitor,
         presets=PresetBook(settings.presets_file),
+        decode_cache=DecodeCache(
+            settings.decode_ram_cache_bytes, cache if settings.decode_disk_cache else None
+        ),
         downloads=downloads,
         training=training,
     )

@@ -66,6 +66,8 @@ ENV_VARS: Mapping[str, str] = {
     "PODKIT_PRESETS_FILE": "YAML/JSON file overriding sampler presets (default <volume>/podkit/presets.yaml, "
     "else <ComfyUI user dir>/podkit/presets.yaml)",
     "PODKIT_METRICS_RETENTION_DAYS": "days of generation records kept in the state database (default 30)",
+    "PODKIT_DECODE_RAM_CACHE": "bytes of decoded images the Cached Tiled VAE Decode keeps in RAM (1G)",
+    "PODKIT_DECODE_DISK_CACHE": "1 = also keep decoded images in the model cache on disk (default off)",
 }
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)?\s*$", re.IGNORECASE)
@@ -161,6 +163,8 @@ class Settings:
     trainer_env: Mapping[str, str] = field(default_factory=dict, repr=False)
     presets_file: Path | None = None
     metrics_retention_days: int = 30
+    decode_ram_cache_bytes: int = 2**30
+    decode_disk_cache: bool = False
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     hf_token: str | None = field(default=None, repr=False)
@@ -298,6 +302,10 @@ class Settings:
             trainer_env=trainer_passthrough(env, extra_trainer_env),
             presets_file=Path(get("PODKIT_PRESETS_FILE") or default_presets),
             metrics_retention_days=_int(env, "PODKIT_METRICS_RETENTION_DAYS", 30, 1, 3650),
+            decode_ram_cache_bytes=parse_size(
+                get("PODKIT_DECODE_RAM_CACHE") or "1G", name="PODKIT_DECODE_RAM_CACHE"
+            ),
+            decode_disk_cache=_bool(env, "PODKIT_DECODE_DISK_CACHE", False),
             access_key_id=get("R2_ACCESS_KEY_ID"),
             secret_access_key=get("R2_SECRET_ACCESS_KEY"),
             hf_token=get("HF_TOKEN"),

@@ -82,6 +82,7 @@ def register(routes: web.RouteTableDef, services: Services) -> None:
             {
                 "model_cache": asdict(stats),
                 "lora_ram": asdict(services.lora_ram.stats()),
+                "decode": services.decode_cache.stats().to_wire(),
                 "cache_dir": str(services.cache.root),
             }
         )

@@ -89,6 +89,19 @@ async def test_cache_stats_and_evict(client: TestClient, services: Services) -> 
     assert (await r.json())["evicted"]["freed_bytes"] == 200 and services.cache.stats().entries == 1
 
 
+async def test_cache_stats_show_the_decode_cache(client: TestClient, services: Services) -> None:
+    from podkit.core.decode_cache import decode_key
+
+    key = decode_key("latent", "vae", {"method": "banded"})
+    assert services.decode_cache.get(key) is None
+    services.decode_cache.put(key, b"image", 5)
+    assert services.decode_cache.get(key) == (b"image", "ram")
+    r = await client.get("/podkit/cache/stats")
+    decode = (await r.json())["decode"]
+    assert (decode["ram_hits"], decode["misses"], decode["stores"], decode["ram_bytes"]) == (1, 1, 1, 5)
+    assert decode["hit_rate"] == 0.5 and decode["disk_enabled"] is False
+
+
 @pytest.mark.parametrize(
     ("body", "status"),
     [

@@ -134,3 +134,16 @@ def test_disk_failures_never_fail_the_decode(tmp_path: Path) -> None:
     fresh: DecodeCache[bytes] = DecodeCache(MiB, models)
     assert fresh.get(key(2), load_bytes) is None  # unreadable blob: a miss
     assert fresh.stats().disk_errors == 1 and fresh.stats().misses == 1
+
+
+def test_decode_cache_settings(tmp_path: Path) -> None:
+    from podkit.core.errors import ConfigError
+    from podkit.core.settings import Settings
+
+    base = {"PODKIT_CACHE_DIR": str(tmp_path / "c"), "PODKIT_STATE_DIR": str(tmp_path / "s")}
+    s = Settings.from_env(base)
+    assert (s.decode_ram_cache_bytes, s.decode_disk_cache) == (2**30, False)
+    s = Settings.from_env({**base, "PODKIT_DECODE_RAM_CACHE": "256M", "PODKIT_DECODE_DISK_CACHE": "1"})
+    assert (s.decode_ram_cache_bytes, s.decode_disk_cache) == (256 * MiB, True)
+    with pytest.raises(ConfigError, match="PODKIT_DECODE_RAM_CACHE"):
+        Settings.from_env({**base, "PODKIT_DECODE_RAM_CACHE": "lots"})
