@@ -21,9 +21,9 @@ from .backends.local_store import LocalStore
 from .backends.monitor import MetricsStore, Monitor
 from .backends.state_db import SqliteOutboxRepo, StateDB
 from .backends.training_jobs import TrainingService, build_training_service
+from .core.decode_cache import DecodeCache
 from .core.events import Notifier, NullNotifier
 from .core.loras import LoraLibrary
-from .core.decode_cache import DecodeCache
 from .core.lru import ByteLRU
 from .core.model_cache import ModelCache
 from .core.objects import ObjectStore
