@@ -95,3 +95,45 @@ def test_download_from_the_form_reaches_100_percent(
     assert (control_plane.root / "models" / "loras" / "style.safetensors").read_bytes() == data
     shot(page, screenshots, "download-done")
     page_clean()
+
+
+def test_pause_resume_and_cancel_a_download(
+    panel: Any, file_server: Any, screenshots: Path, page_clean: Any
+) -> None:
+    page = panel
+    file_server.add("/models/slow.safetensors", tiny_safetensors(16 * 1024 * 1024))
+    file_server.throttle_bps = 1024 * 1024  # 64 MiB at 2 × 1 MiB/s: half a minute, long enough to act on
+    try:
+        add_url_download(page, file_server.url("/models/slow.safetensors"))
+        row = page.locator("#podkit-sec-downloads li.podkit-row", has_text="slow.safetensors").first
+        row.wait_for()
+        page.wait_for_function(
+            "el => el.dataset.status === 'running' && Number(el.querySelector('[role=progressbar]')"
+            ".getAttribute('aria-valuenow')) > 0",
+            arg=row.element_handle(),
+            timeout=30_000,
+        )
+        row.get_by_role("button", name="Pause download slow.safetensors").click()
+        page.wait_for_function(
+            "el => el.dataset.status === 'paused'", arg=row.element_handle(), timeout=30_000
+        )
+        assert "paused" in page.locator("#podkit-sec-downloads .podkit-badge").inner_text()
+        shot(page, screenshots, "download-paused")
+        row.get_by_role("button", name="Resume download slow.safetensors").click()
+        page.wait_for_function(
+            "el => ['queued', 'running'].includes(el.dataset.status)",
+            arg=row.element_handle(),
+            timeout=30_000,
+        )
+        row.get_by_role("button", name="Cancel download slow.safetensors").click()
+        # a cancelled download moves to the history
+        history = page.locator(
+            "ul[aria-label='Download history'] li[data-status='cancelled']", has_text="slow"
+        )
+        history.wait_for(timeout=30_000)
+    finally:
+        file_server.throttle_bps = None
+    assert page.locator("ul[aria-label='Active downloads'] li", has_text="slow.safetensors").count() == 0
+    history.get_by_role("button", name="Remove download slow.safetensors").click()
+    history.wait_for(state="detached")
+    page_clean()

@@ -138,3 +138,16 @@ def test_api_token_is_kept_in_local_storage_and_sent(open_panel: Any) -> None:
     assert sent and all(h == "Bearer s3cr3t-token" for h in sent)
     # the token never lands in the page's visible text
     assert "s3cr3t-token" not in page.locator("body").inner_text()
+
+
+def test_timers_stop_once_the_panel_leaves_the_page(open_panel: Any) -> None:
+    page = open_panel()
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url) if "/podkit/" in r.url else None)
+    page.wait_for_timeout(5500)  # one full re-sync period (5 s on the standalone page)
+    assert requests, "the panel did not re-sync on its timer"
+    page.evaluate("() => document.getElementById('podkit-root').remove()")
+    page.wait_for_timeout(300)  # a request already in flight may still finish
+    requests.clear()
+    page.wait_for_timeout(6000)
+    assert requests == [], f"a detached panel kept polling: {requests}"

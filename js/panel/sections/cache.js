@@ -33,6 +33,19 @@ function cacheBlock(title, s, extra = []) {
   );
 }
 
+/** The decode cache's own counters (a RAM tier plus an optional disk tier) in cacheBlock's terms. */
+function decodeStats(d) {
+  if (!d) return null;
+  return {
+    bytes: d.ram_bytes,
+    max_bytes: d.ram_max_bytes,
+    entries: d.ram_entries,
+    hits: (d.ram_hits || 0) + (d.disk_hits || 0),
+    misses: d.misses,
+    hit_rate: d.hit_rate,
+  };
+}
+
 function evictionForm(controller) {
   const target = field({
     label: "Shrink the model cache to",
@@ -152,7 +165,7 @@ export function cacheSection(controller) {
               ["Downloaded", formatBytes(mc && mc.fetched_bytes)],
             ]),
             cacheBlock("LoRA RAM cache", s.lora_ram),
-            cacheBlock("VAE decode cache", s.decode),
+            cacheBlock("VAE decode cache", decodeStats(s.decode), s.decode ? [["Disk tier", s.decode.disk_enabled ? `on (${s.decode.disk_hits ?? 0} hits)` : "off"]] : []),
           ].filter(Boolean),
         );
         frame.setBadge(mc ? formatBytes(mc.bytes_on_disk) : "");
