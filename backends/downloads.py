@@ -426,6 +426,8 @@ class DownloadService:
                 self._jobs.pop(job.id, None)
                 with self.db.transaction() as c:
                     c.execute("DELETE FROM downloads WHERE id=?", (job.id,))
+                if job.status != "done":
+                    self._discard_partials(job)  # a failed job's bytes would never be resumed now
                 return job
             running = job.task is not None and not job.task.done()
             job.stop = "cancel"
@@ -511,8 +513,12 @@ class DownloadService:
             self._set_status(job, "paused")
 
     def _discard_partials(self, job: DownloadJob) -> None:
+        """Remove ``job``'s partial files, except those another active job is using."""
+        with self._lock:
+            busy = {k for j in self._jobs.values() if j is not job and j.status in ACTIVE for k in j.keys}
         for key in job.keys:
-            discard_partial(self._partial(key))
+            if key not in busy:
+                discard_partial(self._partial(key))
 
     def _prune(self) -> None:
         with self._lock:

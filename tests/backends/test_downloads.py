@@ -209,6 +209,9 @@ def test_pause_keeps_the_bytes_and_resume_continues(h: Harness, server: FaultSer
     wait_for(lambda: h.svc.get(job.id).bytes_done > 12 * MiB)
     h.svc.pause(job.id)
     wait_for(lambda: h.svc.get(job.id).status == "paused")
+    running = [e for e in h.events.of("podkit.download") if e["id"] == job.id and e["status"] == "running"]
+    assert any(e["speed"] > 0 and e["eta"] is not None for e in running), "progress carries speed and ETA"
+    assert all(0 < e["bytes_done"] <= len(data) for e in running[1:])
     part = leftovers(h.models)
     assert part, "the partial file stays while paused"
     server.throttle_bps = None
