@@ -204,7 +204,7 @@ def test_cancel_removes_partial_files(h: Harness, server: FaultServer) -> None:
 def test_pause_keeps_the_bytes_and_resume_continues(h: Harness, server: FaultServer) -> None:
     data = safetensors_bytes(LORA_KEYS, 40 * MiB)
     sha = server.add("/p.safetensors", data)
-    server.throttle_bps = 4 * MiB
+    server.throttle_bps = MiB  # per connection: several progress events before the pause
     job = h.submit(url=server.url("/p.safetensors"))
     wait_for(lambda: h.svc.get(job.id).bytes_done > 12 * MiB)
     h.svc.pause(job.id)
