@@ -262,7 +262,8 @@ class TrainingService:
         with self._cond:
             self._cond.notify_all()
         deadline = time.monotonic() + timeout
-        threads = [t for t in (self._dispatcher, *self._threads.values()) if t is not None]
+        with self._cond:
+            threads = [t for t in (self._dispatcher, *self._threads.values()) if t is not None]
         for t in threads:
             t.join(max(0.1, deadline - time.monotonic()))
         self._dispatcher = None
@@ -303,9 +304,9 @@ class TrainingService:
                     self._cond.notify_all()
 
         t = threading.Thread(target=run, name=f"podkit-training-{job_id[:8]}", daemon=True)
-        with self._cond:
+        with self._cond:  # registered and started together: close() never joins an unstarted thread
             self._threads[job_id] = t
-        t.start()
+            t.start()
 
     def _release_gpu(self, job_id: str) -> None:
         with self._cond:

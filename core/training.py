@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .download_request import redact_url
 from .errors import Forbidden, InvalidRequest
 
 STATUSES = ("queued", "preparing", "running", "uploading", "done", "failed", "cancelled")
@@ -681,6 +682,13 @@ class TrainingJob:
             updated=now,
         )
 
+    def _public_request(self) -> dict[str, Any]:
+        """The request as stored, with credential-like parts of a dataset URL (signatures) redacted."""
+        wire = self.request.to_wire()
+        if "url" in wire["dataset"]:
+            wire["dataset"] = {**wire["dataset"], "url": redact_url(wire["dataset"]["url"])}
+        return wire
+
     def to_wire(self) -> dict[str, object]:
         """The job as routes and ``podkit.training`` events show it (no paths outside the job)."""
         ds = self.dataset or {}
@@ -707,7 +715,7 @@ class TrainingJob:
                 "missing_captions": ds.get("missing_captions"),
             },
             "base_model": self.request.base_model,
-            "request": self.request.to_wire(),
+            "request": self._public_request(),
             "created": self.created,
             "updated": self.updated,
             "finished": self.finished,

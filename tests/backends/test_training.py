@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import zipfile
@@ -31,7 +32,7 @@ from podkit.backends.http_download import HttpDownloader
 from podkit.backends.s3_store import S3Store
 from podkit.backends.state_db import StateDB
 from podkit.backends.trainer import AiToolkitBackend, process_start_time
-from podkit.backends.training_jobs import TrainingOptions, TrainingService
+from podkit.backends.training_jobs import ExclusiveGpu, GpuArbiter, TrainingOptions, TrainingService
 from podkit.core.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from podkit.core.events import RecordingNotifier
 from podkit.core.objects import ObjectRef
@@ -118,7 +119,7 @@ class Rig:
         self.services: list[TrainingService] = []
         self.env: dict[str, str] = {}
 
-    def service(self, *, concurrency: int = 1, **fake: str) -> TrainingService:
+    def service(self, *, concurrency: int = 1, gpu: GpuArbiter | None = None, **fake: str) -> TrainingService:
         env = {
             **os.environ,
             "R2_SECRET_ACCESS_KEY": R2_SECRET,
@@ -145,6 +146,7 @@ class Rig:
             notifier=RecordingNotifier(),
             on_lora_uploaded=self._refreshed,
             downloads=self.fetcher,
+            gpu=gpu,
         )
         self.services.append(svc)
         svc.start()
@@ -323,6 +325,25 @@ def test_queue_runs_one_training_per_gpu(rig: Rig) -> None:
     assert [j.name for j in svc.list_jobs()][:2] == ["fourth", "third"]
 
 
+def test_exclusive_gpu_waits_for_generation_and_frees_vram(rig: Rig) -> None:
+    busy = threading.Event()
+    busy.set()  # ComfyUI is running a prompt
+    freed: list[float] = []
+    svc = rig.service(gpu=ExclusiveGpu(poll=0.05), step_delay="0.05")
+    svc.attach_host(generation_busy=busy.is_set, free_vram=lambda: freed.append(time.time()))
+    job = svc.submit(request("polite", dataset={"path": str(rig.dataset)}, steps=20))
+    wait_for(lambda: svc.get(job.id).dataset, "the dataset intake")
+    time.sleep(0.5)
+    waiting = svc.get(job.id)
+    assert waiting.status == "preparing" and waiting.pid is None and freed == []
+    assert not svc.gpu_reserved()
+    busy.clear()  # the queue drained
+    wait_for(lambda: svc.get(job.id).status == "running", "the trainer to start")
+    assert len(freed) == 1 and svc.gpu_reserved()  # ComfyUI was asked to unload its models first
+    assert wait_for(finished(svc, job.id), "the job").status == "done"
+    wait_for(lambda: not svc.gpu_reserved(), "the GPU to be released")
+
+
 def test_bad_datasets_and_paths(rig: Rig, web: FaultServer) -> None:
     svc = rig.service()
     with pytest.raises(Forbidden, match="outside the folders"):
@@ -458,6 +479,8 @@ def test_kill_9_of_the_podkit_process_then_restart(rig: Rig, s3_server: Any) -> 
 
 def test_store_down_at_upload_time_then_back(rig: Rig, s3_gateway: Any) -> None:
     """R2 unreachable when the LoRA is ready: retried with backoff, survives a restart, never lost."""
+    if type(s3_gateway).__name__ == "MotoServer":
+        pytest.skip("moto forgets its buckets when restarted; this outage needs radosgw")
     svc = rig.service()
     s3_gateway.stop_gateway()
     try:
@@ -474,18 +497,8 @@ def test_store_down_at_upload_time_then_back(rig: Rig, s3_gateway: Any) -> None:
         assert again.get(job.id).final_path.is_file()  # the LoRA waits in the job folder
     finally:
         s3_gateway.start_gateway()
-    if getattr(s3_gateway, "kind", "") == "moto" or not _bucket_exists(rig):
-        rig.store.ensure_bucket(rig.bucket)  # moto forgets everything on restart
     done = wait_for(finished(again, job.id), "the upload once the store is back")
     assert done.status == "done", done.error
     ref = ObjectRef(rig.bucket, "patient.safetensors")
     assert rig.store.get_bytes(ref) == done.final_path.read_bytes()
     assert done.lora_etag == rig.store.head(ref).etag
-
-
-def _bucket_exists(rig: Rig) -> bool:
-    try:
-        rig.store.list(rig.bucket, limit=1)
-    except NotFound:
-        return False
-    return True

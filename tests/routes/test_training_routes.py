@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import sys
 import time
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient
+from http_server import fault_server
 
 from podkit.services import Services
 from tests.routes.test_core_routes import SECRETS, TOKEN, assert_no_secrets, client_for, make_services
@@ -100,6 +103,36 @@ async def test_launch_watch_and_the_lora_in_the_listing(client: TestClient, data
     assert r.status == 200
     r = await client.get(f"/podkit/training/jobs/{job['id']}")
     assert r.status == 404 and (await r.json())["error"] == "not_found"
+
+
+async def test_zip_url_through_the_download_manager(tmp_path: Path, aiohttp_client) -> None:  # type: ignore[no-untyped-def]
+    """The dataset URL is fetched by the real download manager (services.downloads), policy included."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("set/one.png", PNG)
+        zf.writestr("set/one.txt", "p3r5on")
+        zf.writestr("set/two.png", PNG)
+    with fault_server() as web:
+        sha = web.add("/datasets/set.zip", buf.getvalue())
+        url = web.url("/datasets/set.zip")
+        refused = make_services(tmp_path / "strict", **training_env(tmp_path))
+        svc = make_services(tmp_path / "open", **training_env(tmp_path), PODKIT_URL_ALLOW_PRIVATE="1")
+        try:
+            strict = await client_for(aiohttp_client, refused)
+            r = await strict.post("/podkit/training/jobs", json={"name": "z", "dataset": {"url": url}})
+            job = await wait_status(strict, (await r.json())["id"], {"done", "failed"})
+            assert job["status"] == "failed" and "private" in job["error"].lower(), job["error"]
+
+            client = await client_for(aiohttp_client, svc)
+            body = {"name": "zipped", "dataset": {"url": url, "sha256": sha}, "steps": 10}
+            r = await client.post("/podkit/training/jobs", json=body)
+            assert r.status == 202
+            job = await wait_status(client, (await r.json())["id"], {"done", "failed"})
+            assert job["status"] == "done", job["error"]
+            assert job["dataset"] == {"images": 2, "captions": 1, "missing_captions": 1}
+        finally:
+            svc.close()
+            refused.close()
 
 
 async def test_cancel_and_delete_rules(tmp_path: Path, aiohttp_client, dataset: Path) -> None:  # type: ignore[no-untyped-def]

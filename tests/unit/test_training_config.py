@@ -7,6 +7,7 @@ The values PodKit deliberately changes are listed in ``CHANGED`` with the reason
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import yaml
 from podkit.core.errors import Forbidden, InvalidRequest
 from podkit.core.training import (
     REQUEST_FIELDS,
+    TrainingJob,
     build_config,
     config_yaml,
     log_tail,
@@ -362,3 +364,13 @@ def test_trainer_environment_is_an_allow_list() -> None:
     assert full["HF_TOKEN"] == "hf_secret"  # ai-toolkit needs it for gated FLUX.1-dev
     assert full["HF_HOME"] == "/vol/hf" and full["PYTHONUNBUFFERED"] == "1"
     assert not any(k.startswith(("R2_", "AWS_", "PODKIT_", "CIVITAI_")) for k in full)
+
+
+def test_job_wire_redacts_signed_dataset_urls(tmp_path: Path) -> None:
+    url = "https://bucket.example.com/ds.zip?X-Amz-Signature=deadbeef&token=hf_secret&v=2"
+    req = parse_training_request(request(dataset={"url": url}))
+    job = TrainingJob(id="j1", name=req.name, status="queued", request=req, job_dir=str(tmp_path),
+                      created=1.0, updated=1.0)  # fmt: skip
+    wire = json.dumps(job.to_wire())
+    assert "deadbeef" not in wire and "hf_secret" not in wire and "v=2" in wire
+    assert req.to_wire()["dataset"]["url"] == url  # the stored request keeps what the fetch needs

@@ -22,6 +22,7 @@ Faults on request (environment variables, so a test controls the trainer PodKit 
     FAKE_AITK_LIKE           path of a LoRA whose tensor names/shapes/dtypes the output copies
                              (so a real ComfyUI model matches it); values are fresh, seeded
     FAKE_AITK_SEED           seed of the random values (default 0)
+    FAKE_AITK_UP_STD         std of the lora_B/lora_up values (default 0.02)
     FAKE_AITK_PRINT_ENV      1: print the names of the environment variables it was given
 """
 
@@ -79,7 +80,7 @@ def tensor_bytes(shape: list[int], dtype: str, rng: random.Random, std: float) -
     return struct.pack(f"<{count}{fmt}", *values)
 
 
-def lora_tensors(rank: int, alpha: int, dtype: str) -> dict[str, tuple[list[int], str]]:
+def lora_tensors(rank: int, dtype: str) -> dict[str, tuple[list[int], str]]:
     """Tensor name → (shape, dtype) for a small FLUX-style LoRA, or the shapes of FAKE_AITK_LIKE."""
     like = os.environ.get("FAKE_AITK_LIKE")
     if like:
@@ -98,18 +99,20 @@ def lora_tensors(rank: int, alpha: int, dtype: str) -> dict[str, tuple[list[int]
 
 
 def write_safetensors(
-    path: Path, tensors: dict[str, tuple[list[int], str]], meta: dict[str, str], seed: int
+    path: Path, tensors: dict[str, tuple[list[int], str]], meta: dict[str, str], seed: int, alpha: int
 ) -> None:
     """Write a real safetensors file (8-byte header length, JSON header, raw little-endian data)."""
     rng = random.Random(seed)
+    up_std = float(os.environ.get("FAKE_AITK_UP_STD", "0.02"))
     header: dict[str, Any] = {"__metadata__": meta}
     blobs: list[bytes] = []
     offset = 0
     for name, (shape, dtype) in tensors.items():
         fan_in = shape[-1] if shape else 1
-        std = 0.02 if ("lora_B" in name or "lora_up" in name) else 1.0 / math.sqrt(max(fan_in, 1))
-        if name.endswith(".alpha"):
-            data = tensor_bytes(shape, dtype, random.Random(0), 0.0)
+        std = up_std if ("lora_B" in name or "lora_up" in name) else 1.0 / math.sqrt(max(fan_in, 1))
+        if name.endswith(".alpha"):  # network.linear_alpha, as a scalar tensor
+            fmt, _ = _DTYPES[dtype]
+            data = struct.pack(f"<{fmt}", float(alpha)) if fmt else struct.pack("<f", float(alpha))[2:]
         else:
             data = tensor_bytes(shape, dtype, rng, std)
         header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(data)]}
@@ -165,7 +168,8 @@ def main(argv: list[str]) -> int:
     keep = int(save.get("max_step_saves_to_keep") or 4)
     network = process["network"]
     dtype = {"float16": "F16", "fp16": "F16", "float32": "F32", "bf16": "BF16"}.get(save.get("dtype"), "F16")
-    tensors = lora_tensors(int(network["linear"]), int(network["linear_alpha"]), dtype)
+    alpha = int(network["linear_alpha"])
+    tensors = lora_tensors(int(network["linear"]), dtype)
     seed = env_int("FAKE_AITK_SEED") or 0
 
     if os.environ.get("FAKE_AITK_IGNORE_TERM") == "1":
@@ -213,7 +217,7 @@ def main(argv: list[str]) -> int:
             say(f"\nSaving at step {step + 1}")
             path = save_root / f"{name}_{step + 1:09d}.safetensors"
             meta = {"name": name, "training_info": json.dumps({"step": step + 1, "epoch": 0})}
-            write_safetensors(path, tensors, meta, seed + step + 1)
+            write_safetensors(path, tensors, meta, seed + step + 1, alpha)
             saved.append(path)
             while len(saved) > keep:
                 saved.pop(0).unlink(missing_ok=True)
@@ -226,7 +230,7 @@ def main(argv: list[str]) -> int:
             "training_info": json.dumps({"step": steps, "epoch": 0}),
             "ss_base_model_version": process["model"].get("arch", ""),
         }
-        write_safetensors(save_root / f"{name}.safetensors", tensors, meta, seed)
+        write_safetensors(save_root / f"{name}.safetensors", tensors, meta, seed, alpha)
         say(f"Saved to {save_root / (name + '.safetensors')}")
     if child_pid:
         os.kill(child_pid, signal.SIGKILL)
