@@ -6,6 +6,7 @@ from ._comfy import ComfyExtension, io
 from .lora_loader import PodKitR2LoraLoader, PodKitR2LoraLoaderModelOnly
 from .presets import PodKitPresetSampler, PodKitSamplerPreset
 from .save_r2 import PodKitSaveToR2
+from .tiled_decode import PodKitTiledVAEDecode
 
 NODES: list[type[io.ComfyNode]] = [
     PodKitR2LoraLoader,
@@ -13,6 +14,7 @@ NODES: list[type[io.ComfyNode]] = [
     PodKitSaveToR2,
     PodKitSamplerPreset,
     PodKitPresetSampler,
+    PodKitTiledVAEDecode,
 ]
 
 
