@@ -79,6 +79,8 @@ FREE_RESERVE = 64 * 2**20
 EVENT_INTERVAL = 0.5
 SAVE_INTERVAL = 2.0
 KEEP_FINISHED = 500
+#: What a snapshot without an explicit type places (other files of the repo are listed as skipped).
+WEIGHT_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".onnx")
 
 DOWNLOAD_MIGRATIONS: dict[int, str] = {
     1: """
@@ -537,11 +539,23 @@ class DownloadService:
         try:
             assert self._session is not None  # noqa: S101 - set up before the loop runs
             files = await resolve(job.item, session=self._session, settings=self.settings, store=self.store)
-            job.files = [FileState(name=f.filename, bytes_total=f.size, sha256=f.sha256) for f in files]
+            skipped: list[FileState] = []
+            if job.item.is_snapshot and job.item.type is None:
+                # a repo's README/config files are not models; say so instead of failing the job
+                skipped = [
+                    FileState(name=f.filename, bytes_total=0, status="skipped",
+                              error="not a model weights file; give type to place it anyway")
+                    for f in files if not f.filename.lower().endswith(WEIGHT_SUFFIXES)
+                ]  # fmt: skip
+                files = [f for f in files if f.filename.lower().endswith(WEIGHT_SUFFIXES)]
+                if not files:
+                    raise NotFound(f"{describe_source(job.item)} has no model weights file to place")
+            states = [FileState(name=f.filename, bytes_total=f.size, sha256=f.sha256) for f in files]
+            job.files = states + skipped
             job.keys = [_file_key(job.item, f) for f in files]
             self._set_status(job, "running")
             results = await asyncio.gather(
-                *(self._one_file(job, state, rf) for state, rf in zip(job.files, files, strict=True)),
+                *(self._one_file(job, state, rf) for state, rf in zip(states, files, strict=True)),
                 return_exceptions=True,
             )
             for r in results:
@@ -554,8 +568,8 @@ class DownloadService:
                 message = str(first) if isinstance(first, PodKitError) else f"internal error: {first!r}"
                 if not isinstance(first, PodKitError):
                     logger.error("download %s failed", job.id, exc_info=first)
-                if len(job.files) > 1:
-                    message = f"{len(errors)} of {len(job.files)} files failed; first: {message}"
+                if len(results) > 1:
+                    message = f"{len(errors)} of {len(results)} files failed; first: {message}"
                 self._set_status(job, "failed", message)
             else:
                 self._set_status(job, "done")

@@ -396,15 +396,21 @@ def test_hugging_face_snapshot_and_civitai_through_a_local_hub(tmp_path: Path) -
         hub.add_civitai_model(CivitModel(5, "Pixel art", "LORA", [version]))
         harness = Harness(tmp_path, PODKIT_HF_ENDPOINT=hub.hub_url, PODKIT_CIVITAI_BASE_URL=hub.hub_url)
         try:
-            snap = harness.run(repo_id="org/encoders", allow_patterns=["*.safetensors"])
+            snap = harness.run(repo_id="org/encoders")
             assert snap.status == "done", snap.error
-            assert sorted(str(f.dest) for f in snap.files) == [
+            readme = next(f for f in snap.files if f.name == "README.md")
+            assert readme.status == "skipped" and "not a model weights file" in str(readme.error)
+            placed = [f for f in snap.files if f is not readme]
+            assert sorted(str(f.dest) for f in placed) == [
                 "text_encoders/clip_l.safetensors", "text_encoders/t5xxl.safetensors",
             ]  # fmt: skip
             assert snap.dest == "text_encoders" and snap.model_type == "text_encoder"
             assert (harness.models / "text_encoders/t5xxl.safetensors").read_bytes() == t5
             assert all(f.sha256 == hashlib.sha256(d).hexdigest() for f, d in zip(
-                sorted(snap.files, key=lambda f: f.name), (clip, t5), strict=True))  # fmt: skip
+                sorted(placed, key=lambda f: f.name), (clip, t5), strict=True))  # fmt: skip
+
+            only = harness.run(repo_id="org/encoders", allow_patterns=["t5*"])
+            assert only.status == "done" and [f.name for f in only.files] == ["t5xxl.safetensors"]
 
             civ = harness.run(url="https://civitai.com/models/5?modelVersionId=55")
             assert civ.status == "done", civ.error
