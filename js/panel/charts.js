@@ -58,12 +58,15 @@ export function linePath(points, width, height, xDomain, yDomain) {
   return pts.map((p, i) => `${i ? "L" : "M"}${sx(p[0]).toFixed(1)} ${sy(p[1]).toFixed(1)}`).join(" ");
 }
 
-/** Bars for `values` in a `width` × `height` box from 0 to max(values): [{x, y, w, h, value}]. */
-export function barLayout(values, width, height, gap = 1) {
+/**
+ * Bars for `values` in a `width` × `height` box from 0 to max(values): [{x, y, w, h, value}].
+ * Each bar's slot is at most `maxSlot` wide (a few bars do not fill the whole chart).
+ */
+export function barLayout(values, width, height, gap = 1, maxSlot = Infinity) {
   const n = values.length;
   if (!n) return [];
   const max = Math.max(...values.filter((v) => Number.isFinite(v)), 0) || 1;
-  const w = width / n;
+  const w = Math.min(width / n, maxSlot);
   return values.map((v, i) => {
     const h = Number.isFinite(v) ? (Math.max(0, v) / max) * height : 0;
     return { x: i * w + gap / 2, y: height - h, w: Math.max(0.5, w - gap), h, value: v };
@@ -131,7 +134,7 @@ export function generationChart(doc, records, marks = {}, { width = 320, height 
   svg.appendChild(el(doc, "title", {}, svg.getAttribute("aria-label")));
   const g = el(doc, "g", { transform: `translate(${pad.l} ${pad.t})` });
   g.appendChild(el(doc, "rect", { class: "podkit-chart-frame", x: 0, y: 0, width: w, height: h }));
-  const bars = barLayout(values, w, h);
+  const bars = barLayout(values, w, h, 1, 16);
   const max = Math.max(...values.filter((v) => Number.isFinite(v)), 0) || 1;
   bars.forEach((b, i) => {
     const rect = el(doc, "rect", { class: "podkit-chart-bar", x: b.x, y: b.y, width: b.w, height: b.h });
@@ -139,6 +142,7 @@ export function generationChart(doc, records, marks = {}, { width = 320, height 
     rect.appendChild(el(doc, "title", {}, `${Number(r.wall_s).toFixed(2)} s${r.family ? ` · ${r.family}` : ""}${r.width ? ` · ${r.width}×${r.height}` : ""}`));
     g.appendChild(rect);
   });
+  let lastLabelY = null;
   for (const [name, v] of [
     ["p50", marks.p50],
     ["p95", marks.p95],
@@ -146,7 +150,10 @@ export function generationChart(doc, records, marks = {}, { width = 320, height 
     if (!Number.isFinite(v) || !values.length) continue;
     const y = h - (Math.min(v, max) / max) * h;
     g.appendChild(el(doc, "line", { class: `podkit-chart-mark podkit-chart-${name}`, x1: 0, x2: w, y1: y, y2: y }));
-    g.appendChild(el(doc, "text", { class: "podkit-chart-axis", x: w - 2, y: Math.max(9, y - 2), "text-anchor": "end" }, name));
+    const ly = Math.max(9, y - 2);
+    if (lastLabelY !== null && Math.abs(ly - lastLabelY) < 10) continue; // p95 on p50: one label is enough
+    lastLabelY = ly;
+    g.appendChild(el(doc, "text", { class: "podkit-chart-axis", x: w - 2, y: ly, "text-anchor": "end" }, name));
   }
   if (!values.length) {
     g.appendChild(el(doc, "text", { class: "podkit-chart-axis", x: w / 2, y: h / 2, "text-anchor": "middle" }, "no generations yet"));

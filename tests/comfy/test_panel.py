@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,13 @@ def podkit_errors(log: PageLog) -> list[str]:
     return mine + [e for e in log.page_errors if "podkit" in e.lower()]
 
 
+def shot_dir(tmp_path: Path) -> Path:
+    keep = os.environ.get("PODKIT_TEST_SCREENSHOTS")  # a folder to keep screenshots in
+    folder = Path(keep) if keep else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def tiny_lora() -> bytes:
     header = json.dumps(
         {"lora_unet_x.lora_down.weight": {"dtype": "F32", "shape": [256], "data_offsets": [0, 1024]}}
@@ -108,10 +116,7 @@ def test_tab_opens_with_every_section(comfy_page: tuple[Any, PageLog], tmp_path:
         "() => { const r = document.getElementById('podkit-root'); return [r.scrollWidth, r.clientWidth]; }"
     )
     assert widths[0] <= widths[1] + 1, widths
-    keep = os.environ.get("PODKIT_TEST_SCREENSHOTS")  # a folder to keep screenshots in
-    folder = Path(keep) if keep else tmp_path
-    folder.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(folder / "comfy-sidebar.png"))
+    page.screenshot(path=str(shot_dir(tmp_path) / "comfy-sidebar.png"))
     assert podkit_errors(log) == []
 
 
@@ -170,4 +175,24 @@ def test_a_download_event_updates_the_open_tab(
     # the finished download is toasted (1.27: toast.add with a life; 1.58: toast.success with a duration)
     page.wait_for_selector("text=Download finished", timeout=10_000)
     assert (comfy_panel_server.models / "loras" / "event_lora.safetensors").read_bytes() == data
+    assert podkit_errors(log) == []
+
+
+def test_a_finished_prompt_shows_in_the_monitor(
+    comfy_page: tuple[Any, PageLog], comfy_panel_server: Any, tmp_path: Path
+) -> None:
+    from support import workflows as wf
+
+    page, log = comfy_page
+    before = page.locator("#podkit-sec-monitor .podkit-stats dd").first.inner_text()
+    prompt = wf.txt2img("tiny_sd15.safetensors", seed=7, steps=1)
+    # playwright's sync API keeps an event loop in this thread; the client runs in another
+    with ThreadPoolExecutor(1) as pool:
+        result = pool.submit(comfy_panel_server.client.run_workflow, prompt, timeout=300).result()
+    assert result.ok, result.describe()
+    # the podkit.generation event reaches the open tab: the last generation is described
+    page.wait_for_selector("#podkit-sec-monitor >> text=/Last: .*64×64.*1 steps/", timeout=30_000)
+    page.wait_for_selector("#podkit-sec-monitor svg rect.podkit-chart-bar")
+    assert page.locator("#podkit-sec-monitor .podkit-stats dd").first.inner_text() != before
+    page.locator("#podkit-sec-monitor").screenshot(path=str(shot_dir(tmp_path) / "comfy-monitor.png"))
     assert podkit_errors(log) == []
