@@ -316,7 +316,8 @@ class DownloadService:
             return
 
         async def shutdown() -> None:
-            tasks = [j.task for j in self._jobs.values() if j.task is not None and not j.task.done()]
+            # job tasks stay active for the next start; fetch_file callers get TransferFailed
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -622,7 +623,10 @@ class DownloadService:
                 state.status = "running"
                 part = await self._transfer(job, state, rf, key)
             state.status = "verifying"
-            self._progress(job, force_emit=True)
+            if all(f.status in ("verifying", "done", "failed", "skipped") for f in job.files):
+                self._set_status(job, "verifying")  # every byte is in: classify, check, publish
+            else:
+                self._progress(job, force_emit=True)
             await asyncio.to_thread(self._publish, job, state, rf, key, part)
         finally:
             beat.cancel()
@@ -843,6 +847,8 @@ class DownloadService:
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise TransferFailed(f"{redact_url(url_or_uri)}: not downloaded within {timeout} s") from None
+        except concurrent.futures.CancelledError:
+            raise TransferFailed(f"{redact_url(url_or_uri)}: the download service stopped") from None
 
     async def _fetch_file(
         self, url_or_uri: str, dest_dir: Path, sha256: str | None, max_bytes: int | None

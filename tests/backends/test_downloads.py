@@ -143,7 +143,7 @@ def test_many_files_land_in_their_folders_by_header(h: Harness, server: FaultSer
     assert jobs[0].model_type == "lora" and jobs[1].model_type == "vae"
     assert leftovers(h.models) == []
     events = h.events.of("podkit.download")
-    assert {e["status"] for e in events} >= {"queued", "running", "done"}
+    assert {e["status"] for e in events} >= {"queued", "running", "verifying", "done"}
     assert all("files" in e and "speed" in e for e in events)
     # jobs persist: a new service on the same database lists them
     again = DownloadService(h.settings, h.db, LocalStore(h.settings.local_store_dir))
@@ -438,3 +438,30 @@ def test_cancel_then_the_same_request_at_once_starts_again(h: Harness, server: F
     (done,) = h.svc.wait([again.id], timeout=60)
     assert done.status == "done", done.error
     assert done.sha256 == sha
+
+
+def test_closing_the_service_ends_a_blocking_fetch_with_a_clear_error(
+    h: Harness, server: FaultServer, tmp_path: Path
+) -> None:
+    import threading
+
+    from podkit.core.errors import TransferFailed
+
+    server.add("/slow.zip", os.urandom(8 * MiB))
+    server.throttle_bps = MiB
+    outcome: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            h.svc.fetch_file(server.url("/slow.zip"), tmp_path / "ds")
+        except BaseException as e:  # recorded for the assertion below
+            outcome.append(e)
+
+    worker = threading.Thread(target=fetch)
+    worker.start()
+    wait_for(lambda: server.bytes_sent > 0)
+    h.svc.close()
+    worker.join(30)
+    assert not worker.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], TransferFailed) and "stopped" in str(outcome[0])
+    assert not list((tmp_path / "ds").glob("*"))  # no half-written file left in the caller's folder
