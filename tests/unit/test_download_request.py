@@ -99,8 +99,7 @@ def test_request_bodies_one_item_many_or_a_manifest() -> None:
 
 
 def test_yaml_manifest_with_folders_and_dest() -> None:
-    text = (
-        """
+    text = f"""
 version: 1
 models:
   - repo_id: black-forest-labs/FLUX.1-dev
@@ -109,14 +108,12 @@ models:
 loras:
   - url: https://example.com/style.safetensors
     dest: loras/flux/style-v2.safetensors
-    sha256: %s
+    sha256: {SHA}
 text_encoders:
   - https://example.com/t5xxl_fp16.safetensors
 clip:
   - r2://models/clip_l.safetensors
 """
-        % SHA
-    )  # noqa: UP031
     items = parse_manifest(text).items
     assert [i.type for i in items] == ["diffusion_model", "lora", "text_encoder", "text_encoder"]
     lora = items[1]
