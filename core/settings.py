@@ -54,11 +54,12 @@ ENV_VARS: Mapping[str, str] = {
     "<volume>/podkit/models, else ComfyUI's models folder)",
     "PODKIT_DOWNLOAD_FILES": "files downloaded at once (default 3)",
     "PODKIT_DOWNLOAD_CONNECTIONS": "connections per downloaded file (default 8)",
-    "PODKIT_AI_TOOLKIT_DIR": "ai-toolkit checkout used for LoRA training (default <volume>/ai-toolkit when it "
-    "holds run.py; unset = training disabled)",
-    "PODKIT_AI_TOOLKIT_PYTHON": "ai-toolkit's interpreter (default <dir>/venv/bin/python, <dir>/.venv/bin/python, "
-    "else ComfyUI's)",
-    "PODKIT_TRAINING_CONCURRENCY": "training jobs holding the GPU at once (default 1; the others wait in a queue)",
+    "PODKIT_AI_TOOLKIT_DIR": "ai-toolkit checkout used for LoRA training (default <volume>/ai-toolkit "
+    "when it holds run.py; unset = training disabled)",
+    "PODKIT_AI_TOOLKIT_PYTHON": "ai-toolkit's interpreter (default <dir>/venv/bin/python, "
+    "<dir>/.venv/bin/python, else ComfyUI's)",
+    "PODKIT_TRAINING_CONCURRENCY": "training jobs holding the GPU at once (default 1; the others wait "
+    "in a queue)",
     "PODKIT_TRAINING_GPU_POLICY": "'exclusive' (default: a trainer waits for ComfyUI's queue to drain and "
     "unloads its models) or 'shared' (start at once, ComfyUI keeps its models)",
     "PODKIT_TRAINER_ENV": "comma list of extra environment variables passed to the trainer (R2_*, AWS_*, "
@@ -267,7 +268,9 @@ class Settings:
             ai_toolkit = str(volume / "ai-toolkit")
         gpu_policy = (get("PODKIT_TRAINING_GPU_POLICY") or "exclusive").lower()
         if gpu_policy not in GPU_POLICIES:
-            raise ConfigError(f"PODKIT_TRAINING_GPU_POLICY={gpu_policy!r} must be one of {', '.join(GPU_POLICIES)}")
+            raise ConfigError(
+                f"PODKIT_TRAINING_GPU_POLICY={gpu_policy!r} must be one of {', '.join(GPU_POLICIES)}"
+            )
         extra_trainer_env = (get("PODKIT_TRAINER_ENV") or "").split(",")
 
         return cls(
