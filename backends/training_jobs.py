@@ -31,13 +31,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..core.datasets import DatasetLimits, DatasetReport, copy_folder, extract_zip
+from ..core.datasets import (
+    DatasetLimits,
+    DatasetReport,
+    copy_folder,
+    extract_archive,
+    is_dataset_file,
+    safe_member_path,
+)
 from ..core.errors import (
     AccessDenied,
     Conflict,
     CorruptFile,
     InvalidRequest,
     NotFound,
+    PayloadTooLarge,
     PodKitError,
 )
 from ..core.events import Notifier, NullNotifier
@@ -349,7 +357,7 @@ class TrainingService:
         if req.dataset.kind == "url" and self.downloads is None:
             raise InvalidRequest("dataset.url needs the download manager, which is not available here")
         if req.dataset.kind == "uri":
-            parse_object_uri(req.dataset.value, self.options.lora_bucket)
+            dataset_object(req.dataset.value, self.options.lora_bucket)
         if req.base_model.startswith("/"):
             confine(req.base_model, self.options.roots, "base_model")
         with self._cond:
@@ -481,13 +489,14 @@ class TrainingService:
     def _run(self, job: TrainingJob) -> None:
         try:
             job = self._prepare(job)
-        except PodKitError as e:
+        except (PodKitError, OSError) as e:  # OSError: the disk filled up, a folder went away
             if self._stop.is_set():
                 return  # requeued by the next start
             if self._cancelled(job.id):
                 self._finish_cancelled(job)
                 return
-            self._set(job, status="failed", error=str(e)[:1000])
+            reason = str(e) if isinstance(e, PodKitError) else f"cannot prepare the job: {e}"
+            self._set(job, status="failed", error=reason[:1000])
             return
         if self._cancelled(job.id):
             self._finish_cancelled(job)
@@ -541,15 +550,18 @@ class TrainingService:
                 path = confine(src.value, self.options.roots, "dataset.path")
                 if path.is_dir():
                     return copy_folder(path, dest, caption_ext=req.caption_ext, limits=lim)
-                if path.is_file() and path.suffix.lower() == ".zip":
-                    return extract_zip(path, dest, caption_ext=req.caption_ext, limits=lim)
-                raise InvalidRequest(f"dataset.path {src.value} is neither a folder nor a .zip file")
+                if path.is_file():
+                    return extract_archive(path, dest, caption_ext=req.caption_ext, limits=lim)
+                raise InvalidRequest(f"dataset.path {src.value} is neither a folder nor an archive")
             if src.kind == "uri":
-                ref = parse_object_uri(src.value, self.options.lora_bucket)
+                ref, prefix = dataset_object(src.value, self.options.lora_bucket)
+                if prefix:
+                    folder = self._download_prefix(ref.bucket, ref.key + "/", incoming / "files", req)
+                    return copy_folder(folder, dest, caption_ext=req.caption_ext, limits=lim)
                 meta = self.store.head(ref)
                 if meta.size > lim.max_total_bytes:
-                    raise InvalidRequest(f"{ref.uri} is larger than {lim.max_total_bytes} bytes")
-                archive = incoming / "dataset.zip"
+                    raise PayloadTooLarge(f"{ref.uri} is larger than {lim.max_total_bytes} bytes")
+                archive = incoming / "dataset.archive"
                 self.store.download_verified(meta, archive)
             else:
                 if self.downloads is None:
@@ -557,9 +569,30 @@ class TrainingService:
                 archive = self.downloads.fetch_file(
                     src.value, incoming, sha256=src.sha256, max_bytes=lim.max_total_bytes
                 )
-            return extract_zip(archive, dest, caption_ext=req.caption_ext, limits=lim)
+            return extract_archive(archive, dest, caption_ext=req.caption_ext, limits=lim)
         finally:
             shutil.rmtree(incoming, ignore_errors=True)
+
+    def _download_prefix(self, bucket: str, prefix: str, folder: Path, req: TrainingRequest) -> Path:
+        """Download the images and captions under ``prefix`` (a dataset folder in the bucket)."""
+        lim = self.options.limits
+        objects = self.store.list(bucket, prefix, limit=lim.max_files + 1)
+        if len(objects) > lim.max_files:
+            raise PayloadTooLarge(f"r2://{bucket}/{prefix} holds more than {lim.max_files} objects")
+        wanted = [m for m in objects if is_dataset_file(m.ref.key, req.caption_ext)]
+        if sum(m.size for m in wanted) > lim.max_total_bytes:
+            raise PayloadTooLarge(f"r2://{bucket}/{prefix} holds more than {lim.max_total_bytes} bytes")
+        folder.mkdir(parents=True, exist_ok=True)
+        for meta in wanted:
+            rel = safe_member_path(meta.ref.key[len(prefix) :])
+            if rel is None:  # a hidden file or folder
+                continue
+            if meta.size > lim.max_file_bytes:
+                raise PayloadTooLarge(f"{meta.ref.uri} is larger than {lim.max_file_bytes} bytes")
+            target = folder / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.store.download_verified(meta, target)
+        return folder
 
     def _resume_watch(self, job: TrainingJob, proc: TrainerProcess) -> None:
         try:
@@ -741,6 +774,22 @@ class TrainingService:
 
 # --------------------------------------------------------------------------------------------------
 # helpers
+
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz")
+
+
+def dataset_object(uri: str, default_bucket: str) -> tuple[ObjectRef, bool]:
+    """The bucket object a ``dataset.uri`` names, and whether it is a folder (prefix) of images.
+
+    An archive name (``.zip``, ``.tar``, ``.tar.gz``, ...) is one object; anything else, or a
+    trailing ``/``, is the folder of images and captions under that prefix.
+
+    Raises:
+        InvalidRequest: an unsafe or malformed URI.
+    """
+    ref = parse_object_uri(uri.rstrip("/"), default_bucket)
+    return ref, uri.endswith("/") or not ref.key.lower().endswith(ARCHIVE_SUFFIXES)
 
 
 def _job_to_json(job: TrainingJob) -> str:

@@ -1,4 +1,4 @@
-"""Training datasets: safe zip extraction and folder intake, keeping only images and captions.
+"""Training datasets: safe zip/tar extraction and folder intake, keeping only images and captions.
 
 A dataset is a folder of images with same-stem caption files (``img1.png`` + ``img1.txt``), the
 layout ai-toolkit reads (it walks sub-folders and skips hidden names). Archives come from
@@ -11,13 +11,17 @@ whole archive passed, so a rejected archive leaves nothing behind.
 
 from __future__ import annotations
 
+import lzma
 import os
 import shutil
 import stat
+import tarfile
 import uuid
 import zipfile
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from .errors import InvalidRequest, PayloadTooLarge
 
@@ -77,6 +81,11 @@ def _kind(name: str, caption_ext: str) -> str | None:
     if suffix == caption_ext or suffix in CAPTION_EXTENSIONS:
         return "caption"
     return None
+
+
+def is_dataset_file(name: str, caption_ext: str = "txt") -> bool:
+    """Whether a file of this name is kept in a dataset (an image or a caption)."""
+    return _kind(name, _caption_ext(caption_ext)) is not None
 
 
 def safe_member_path(name: str) -> PurePosixPath | None:
@@ -146,10 +155,13 @@ def _fresh_tmp(dest: Path) -> Path:
     return tmp
 
 
-def _publish(tmp: Path, dest: Path) -> None:
+def _complete(tmp: Path, dest: Path, ext: str, skipped: int, label: str) -> DatasetReport:
+    """Count what ``tmp`` holds (it must hold images), then let it replace ``dest`` as a whole."""
+    report = _require_images(summarize(tmp, ext, skipped=skipped), label)
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(tmp, dest)
+    return replace(report, folder=str(dest))
 
 
 def extract_zip(
@@ -189,9 +201,7 @@ def extract_zip(
                     skipped += 0 if info.is_dir() else 1
                     continue
                 total = _extract_member(zf, info, tmp / rel, lim, total, archive.name)
-            report = _require_images(summarize(tmp, ext, skipped=skipped), archive.name)
-        _publish(tmp, dest)
-        return replace(report, folder=str(dest))
+            return _complete(tmp, dest, ext, skipped, archive.name)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -200,35 +210,129 @@ def extract_zip(
 def _extract_member(
     zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, lim: DatasetLimits, total: int, label: str
 ) -> int:
-    """Inflate one member to ``target`` under the caps; return the new running total."""
+    """Inflate one zip member to ``target`` under the caps; return the new running total."""
     if info.file_size > lim.max_file_bytes:
         raise PayloadTooLarge(f"{label}: {info.filename[:80]!r} is larger than {lim.max_file_bytes} bytes")
-    if target.exists():
-        raise InvalidRequest(f"{label}: {info.filename[:80]!r} appears twice in the archive")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    compressed = max(info.compress_size, 1)
-    written = 0
     try:
-        with zf.open(info) as src, open(target, "xb") as out:
-            while chunk := src.read(_CHUNK):
-                written += len(chunk)
-                total += len(chunk)
-                # Checked on the inflated bytes: the sizes in the header may lie.
-                if written > lim.max_file_bytes:
-                    raise PayloadTooLarge(
-                        f"{label}: {info.filename[:80]!r} inflates past {lim.max_file_bytes} bytes"
-                    )
-                if written > 64 * 1024 and written / compressed > lim.max_ratio:
-                    raise PayloadTooLarge(
-                        f"{label}: {info.filename[:80]!r} inflates more than {lim.max_ratio:g}x (a zip bomb?)"
-                    )
-                if total > lim.max_total_bytes:
-                    raise PayloadTooLarge(f"{label}: the dataset inflates past {lim.max_total_bytes} bytes")
-                out.write(chunk)
+        with zf.open(info) as src:
+            return _inflate(src, target, lim, total, label, info.filename, max(info.compress_size, 1))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, RuntimeError) as e:
         # RuntimeError: encrypted entries; BadZipFile: CRC mismatch or truncation.
         raise InvalidRequest(f"{label}: cannot read {info.filename[:80]!r} ({e})") from e
+
+
+def _inflate(
+    src: IO[bytes],
+    target: Path,
+    lim: DatasetLimits,
+    total: int,
+    label: str,
+    name: str,
+    compressed: int | None,
+) -> int:
+    """Copy one archive member to ``target`` under the caps, counted on the bytes actually read.
+
+    ``compressed`` is the member's compressed size (zip), or None when the ratio is checked for the
+    whole archive instead (tar streams).
+    """
+    if target.exists():
+        raise InvalidRequest(f"{label}: {name[:80]!r} appears twice in the archive")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with open(target, "xb") as out:
+        while chunk := src.read(_CHUNK):
+            written += len(chunk)
+            total += len(chunk)
+            # Checked on the inflated bytes: the sizes in the header may lie.
+            if written > lim.max_file_bytes:
+                raise PayloadTooLarge(f"{label}: {name[:80]!r} inflates past {lim.max_file_bytes} bytes")
+            if compressed is not None and written > 64 * 1024 and written / compressed > lim.max_ratio:
+                raise PayloadTooLarge(
+                    f"{label}: {name[:80]!r} inflates more than {lim.max_ratio:g}x (a zip bomb?)"
+                )
+            if total > lim.max_total_bytes:
+                raise PayloadTooLarge(f"{label}: the dataset inflates past {lim.max_total_bytes} bytes")
+            out.write(chunk)
     return total
+
+
+def extract_tar(
+    archive: Path, dest: Path, *, caption_ext: str = "txt", limits: DatasetLimits | None = None
+) -> DatasetReport:
+    """Extract the images and captions of a tar archive (plain, gzip, bzip2 or xz) into ``dest``.
+
+    The same rules as :func:`extract_zip`: links, devices and path escapes are refused; the caps
+    are checked while reading (a tar has no index, so the entry count is checked as it goes, and
+    the compression ratio over the whole archive).
+
+    Raises:
+        InvalidRequest: not a tar, a path escape, a link or special entry, or no images.
+        PayloadTooLarge: a cap of ``limits`` was exceeded.
+    """
+    lim = limits or DatasetLimits()
+    ext = _caption_ext(caption_ext)
+    try:
+        tf = tarfile.open(archive, mode="r:*")  # noqa: SIM115 - closed below
+    except (tarfile.TarError, OSError) as e:
+        raise InvalidRequest(f"{archive.name}: not a readable tar archive ({e})") from e
+    packed = max(archive.stat().st_size, 1)
+    tmp = _fresh_tmp(dest)
+    try:
+        with tf:
+            total = skipped = count = 0
+            try:
+                for member in tf:
+                    count += 1
+                    if count > lim.max_files:
+                        raise PayloadTooLarge(f"{archive.name}: more than {lim.max_files} entries")
+                    rel = safe_member_path(member.name)
+                    if member.issym() or member.islnk():
+                        raise InvalidRequest(f"archive entry {member.name[:80]!r} is a link")
+                    if not (member.isfile() or member.isdir()):
+                        raise InvalidRequest(f"archive entry {member.name[:80]!r} is not a regular file")
+                    if rel is None or member.isdir() or _kind(rel.name, ext) is None:
+                        skipped += 0 if member.isdir() else 1
+                        continue
+                    if member.size > lim.max_file_bytes:
+                        raise PayloadTooLarge(
+                            f"{archive.name}: {member.name[:80]!r} is larger than {lim.max_file_bytes} bytes"
+                        )
+                    src = tf.extractfile(member)
+                    if src is None:
+                        raise InvalidRequest(f"archive entry {member.name[:80]!r} has no data")
+                    with src:
+                        total = _inflate(src, tmp / rel, lim, total, archive.name, member.name, None)
+                    if total > 64 * 1024 and total / packed > lim.max_ratio:
+                        raise PayloadTooLarge(
+                            f"{archive.name}: inflates more than {lim.max_ratio:g}x (a compression bomb?)"
+                        )
+            except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as e:
+                if isinstance(e, OSError) and e.errno is not None:
+                    raise  # the disk, not the archive (ENOSPC while writing)
+                raise InvalidRequest(f"{archive.name}: cannot read the archive ({e})") from e
+            return _complete(tmp, dest, ext, skipped, archive.name)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def extract_archive(
+    archive: Path, dest: Path, *, caption_ext: str = "txt", limits: DatasetLimits | None = None
+) -> DatasetReport:
+    """:func:`extract_zip` or :func:`extract_tar`, by the archive's content (not its name).
+
+    Raises:
+        InvalidRequest: neither a zip nor a tar archive, or what the extractor raises.
+    """
+    if zipfile.is_zipfile(archive):
+        return extract_zip(archive, dest, caption_ext=caption_ext, limits=limits)
+    try:
+        is_tar = tarfile.is_tarfile(archive)
+    except OSError:
+        is_tar = False
+    if is_tar:
+        return extract_tar(archive, dest, caption_ext=caption_ext, limits=limits)
+    raise InvalidRequest(f"{archive.name}: not a zip or tar archive")
 
 
 def copy_folder(
@@ -269,9 +373,7 @@ def copy_folder(
                 target = tmp / src.relative_to(source)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, target, follow_symlinks=False)
-        report = _require_images(summarize(tmp, ext, skipped=skipped), str(source))
-        _publish(tmp, dest)
-        return replace(report, folder=str(dest))
+        return _complete(tmp, dest, ext, skipped, str(source))
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

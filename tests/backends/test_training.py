@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import uuid
@@ -360,12 +361,35 @@ def test_bad_datasets_and_paths(rig: Rig, web: FaultServer) -> None:
         done = wait_for(finished(svc, job_id), "the intake to fail")
         assert done.status == "failed" and needle in (done.error or ""), done.error
     assert not list(rig.tmp.rglob("escape.png"))
-    # a dataset zip in the bucket works too
+
+
+def test_dataset_sources_bucket_zip_bucket_folder_and_tar_url(rig: Rig, web: FaultServer) -> None:
+    svc = rig.service()
     rig.store.put_bytes(
         dataset_zip(), ObjectRef(rig.bucket, "datasets/set.zip"), content_type="application/zip"
     )
-    ok = svc.submit(request("from_bucket", dataset={"uri": f"r2://{rig.bucket}/datasets/set.zip"}, steps=5))
-    assert wait_for(finished(svc, ok.id), "the bucket dataset job").status == "done"
+    files = {"a.png": PNG, "a.txt": b"cap", "sub/b.png": PNG, "notes.md": b"x", ".hidden.png": PNG}
+    for key, data in files.items():
+        rig.store.put_bytes(data, ObjectRef(rig.bucket, f"folders/cats/{key}"), content_type="image/png")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in {"t/a.png": PNG, "t/a.txt": b"cap"}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    web.add("/sets/t.tar.gz", buf.getvalue())
+    sources = {
+        "bucket_zip": ({"uri": f"r2://{rig.bucket}/datasets/set.zip"}, (2, 1, 1)),
+        "bucket_folder": ({"uri": f"r2://{rig.bucket}/folders/cats"}, (2, 1, 1)),
+        "tar_url": ({"url": web.url("/sets/t.tar.gz")}, (1, 1, 0)),
+    }
+    jobs = {name: svc.submit(request(name, dataset=ds, steps=5)) for name, (ds, _) in sources.items()}
+    for name, job in jobs.items():
+        done = wait_for(finished(svc, job.id), f"the {name} job")
+        assert done.status == "done", (name, done.error)
+        ds = done.to_wire()["dataset"]
+        assert (ds["images"], ds["captions"], ds["missing_captions"]) == sources[name][1], name  # type: ignore[index]
+    assert not list((Path(jobs["bucket_folder"].job_dir) / "dataset").rglob(".hidden.png"))
 
 
 def test_training_disabled_without_ai_toolkit(rig: Rig) -> None:

@@ -5,12 +5,20 @@ from __future__ import annotations
 import io
 import os
 import stat
+import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from podkit.core.datasets import DatasetLimits, copy_folder, extract_zip, safe_member_path
+from podkit.core.datasets import (
+    DatasetLimits,
+    copy_folder,
+    extract_archive,
+    extract_zip,
+    is_dataset_file,
+    safe_member_path,
+)
 from podkit.core.errors import InvalidRequest, PayloadTooLarge
 
 PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(200)
@@ -218,3 +226,67 @@ def test_folder_caps_and_errors(tmp_path: Path) -> None:
     (empty / "x.txt").write_text("only a caption")
     with pytest.raises(InvalidRequest, match="holds no training images"):
         copy_folder(empty, tmp_path / "d3")
+
+
+def make_tar(path: Path, entries: dict[str, bytes], *, mode: str = "w:gz") -> Path:
+    with tarfile.open(path, mode) as tf:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz", "w:bz2", "w:xz"])
+def test_tar_archives_are_taken_in_the_same_way(tmp_path: Path, mode: str) -> None:
+    archive = make_tar(tmp_path / "ds.tar", {"set/a.png": PNG, "set/a.txt": b"cap", "set/b.png": PNG,
+                                             "set/run.sh": b"x"}, mode=mode)  # fmt: skip
+    report = extract_archive(archive, tmp_path / "dataset")
+    assert (report.images, report.captions, report.missing_captions, report.skipped) == (2, 1, 1, 1)
+    assert (tmp_path / "dataset" / "set" / "a.txt").read_bytes() == b"cap"
+
+
+@pytest.mark.parametrize(
+    ("kind", "needle"),
+    [(tarfile.SYMTYPE, "is a link"), (tarfile.LNKTYPE, "is a link"), (tarfile.CHRTYPE, "not a regular file"),
+     (tarfile.FIFOTYPE, "not a regular file")],
+)  # fmt: skip
+def test_tar_links_and_devices_are_refused(tmp_path: Path, kind: bytes, needle: str) -> None:
+    archive = tmp_path / "bad.tar"
+    with tarfile.open(archive, "w") as tf:
+        ok = tarfile.TarInfo("a.png")
+        ok.size = len(PNG)
+        tf.addfile(ok, io.BytesIO(PNG))
+        bad = tarfile.TarInfo("b.png")
+        bad.type = kind
+        bad.linkname = "/etc/passwd"
+        tf.addfile(bad)
+    with pytest.raises(InvalidRequest, match=needle):
+        extract_archive(archive, tmp_path / "dataset")
+    assert_nothing_left(tmp_path / "dataset")
+
+
+def test_tar_path_escape_and_bomb(tmp_path: Path) -> None:
+    escape = make_tar(tmp_path / "escape.tgz", {"a.png": PNG, "../../evil.png": PNG})
+    with pytest.raises(InvalidRequest, match="escapes the dataset folder"):
+        extract_archive(escape, tmp_path / "d1")
+    assert not (tmp_path / "evil.png").exists()
+    bomb = make_tar(tmp_path / "bomb.tgz", {"a.png": PNG, "bomb.png": b"\0" * (32 * 2**20)})
+    with pytest.raises(PayloadTooLarge, match="compression bomb"):
+        extract_archive(bomb, tmp_path / "d2")
+    assert_nothing_left(tmp_path / "d2")
+    many = make_tar(tmp_path / "many.tar", {f"{i}.txt": b"c" for i in range(30)}, mode="w")
+    with pytest.raises(PayloadTooLarge, match="more than 20 entries"):
+        extract_archive(many, tmp_path / "d3", limits=DatasetLimits(max_files=20))
+
+
+def test_archive_kind_comes_from_the_content(tmp_path: Path) -> None:
+    zipped = make_zip(tmp_path / "looks.tar", {"a.png": PNG})  # a zip with a misleading name
+    assert extract_archive(zipped, tmp_path / "d1").images == 1
+    junk = tmp_path / "ds.zip"
+    junk.write_bytes(b"<html>404</html>")
+    with pytest.raises(InvalidRequest, match="not a zip or tar archive"):
+        extract_archive(junk, tmp_path / "d2")
+    assert (
+        is_dataset_file("x/a.PNG") and is_dataset_file("a.caption", "caption") and not is_dataset_file("a.md")
+    )
