@@ -83,9 +83,12 @@ app.registerExtension({
     controller.store.subscribe(updateBadge);
 
     const manager = app.extensionManager;
-    const register = manager?.registerSidebarTab?.bind(manager) || manager?.sidebarTab?.registerSidebarTab?.bind(manager.sidebarTab);
+    const register =
+      manager?.registerSidebarTab?.bind(manager) || manager?.sidebarTab?.registerSidebarTab?.bind(manager.sidebarTab);
     if (!register) {
-      console.warn("[PodKit] this ComfyUI frontend has no sidebar tabs; the panel is served standalone by `python <podkit> serve`");
+      console.warn(
+        "[PodKit] this ComfyUI frontend has no sidebar tabs; the panel is served standalone by `python <podkit> serve`",
+      );
       return;
     }
     register({

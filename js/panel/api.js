@@ -65,7 +65,8 @@ export function createApi(fetchFn) {
   const id = (x) => encodeURIComponent(String(x));
   const query = (params) => {
     const q = new URLSearchParams();
-    for (const [k, v] of Object.entries(params || {})) if (v !== undefined && v !== null && v !== "") q.set(k, String(v));
+    for (const [k, v] of Object.entries(params || {}))
+      if (v !== undefined && v !== null && v !== "") q.set(k, String(v));
     const s = q.toString();
     return s ? `?${s}` : "";
   };

@@ -88,13 +88,18 @@ export function lossChart(doc, points, { width = 320, height = 120, label = "Tra
   const pad = { l: 4, r: 4, t: 6, b: 14 };
   const w = width - pad.l - pad.r;
   const h = height - pad.t - pad.b;
-  const pts = downsample(points.filter((p) => Array.isArray(p) && Number.isFinite(p[1])), 400);
+  const pts = downsample(
+    points.filter((p) => Array.isArray(p) && Number.isFinite(p[1])),
+    400,
+  );
   const last = pts.length ? points[points.length - 1] : null;
   const svg = el(doc, "svg", {
     viewBox: `0 0 ${width} ${height}`,
     role: "img",
     class: "podkit-chart",
-    "aria-label": last ? `${label}: ${pts.length} points, last ${Number(last[1]).toPrecision(4)} at step ${last[0]}` : `${label}: no data yet`,
+    "aria-label": last
+      ? `${label}: ${pts.length} points, last ${Number(last[1]).toPrecision(4)} at step ${last[0]}`
+      : `${label}: no data yet`,
   });
   svg.appendChild(el(doc, "title", {}, svg.getAttribute("aria-label")));
   const g = el(doc, "g", { transform: `translate(${pad.l} ${pad.t})` });
@@ -106,10 +111,24 @@ export function lossChart(doc, points, { width = 320, height = 120, label = "Tra
     const smooth = ema(pts.map((p) => p[1])).map((y, i) => [pts[i][0], y]);
     g.appendChild(el(doc, "path", { class: "podkit-chart-line", d: linePath(smooth, w, h, xd, yd) }));
     g.appendChild(el(doc, "text", { class: "podkit-chart-axis", x: 0, y: h + 11 }, `step ${Math.round(xd[0])}`));
-    g.appendChild(el(doc, "text", { class: "podkit-chart-axis", x: w, y: h + 11, "text-anchor": "end" }, `step ${Math.round(xd[1])}`));
+    g.appendChild(
+      el(
+        doc,
+        "text",
+        { class: "podkit-chart-axis", x: w, y: h + 11, "text-anchor": "end" },
+        `step ${Math.round(xd[1])}`,
+      ),
+    );
     g.appendChild(el(doc, "text", { class: "podkit-chart-axis", x: 3, y: 10 }, yd[1].toPrecision(3)));
   } else {
-    g.appendChild(el(doc, "text", { class: "podkit-chart-axis", x: w / 2, y: h / 2, "text-anchor": "middle" }, "no loss reported yet"));
+    g.appendChild(
+      el(
+        doc,
+        "text",
+        { class: "podkit-chart-axis", x: w / 2, y: h / 2, "text-anchor": "middle" },
+        "no loss reported yet",
+      ),
+    );
   }
   svg.appendChild(g);
   return svg;
@@ -139,7 +158,14 @@ export function generationChart(doc, records, marks = {}, { width = 320, height 
   bars.forEach((b, i) => {
     const rect = el(doc, "rect", { class: "podkit-chart-bar", x: b.x, y: b.y, width: b.w, height: b.h });
     const r = chrono[i];
-    rect.appendChild(el(doc, "title", {}, `${Number(r.wall_s).toFixed(2)} s${r.family ? ` · ${r.family}` : ""}${r.width ? ` · ${r.width}×${r.height}` : ""}`));
+    rect.appendChild(
+      el(
+        doc,
+        "title",
+        {},
+        `${Number(r.wall_s).toFixed(2)} s${r.family ? ` · ${r.family}` : ""}${r.width ? ` · ${r.width}×${r.height}` : ""}`,
+      ),
+    );
     g.appendChild(rect);
   });
   let lastLabelY = null;
@@ -156,7 +182,14 @@ export function generationChart(doc, records, marks = {}, { width = 320, height 
     g.appendChild(el(doc, "text", { class: "podkit-chart-axis", x: w - 2, y: ly, "text-anchor": "end" }, name));
   }
   if (!values.length) {
-    g.appendChild(el(doc, "text", { class: "podkit-chart-axis", x: w / 2, y: h / 2, "text-anchor": "middle" }, "no generations yet"));
+    g.appendChild(
+      el(
+        doc,
+        "text",
+        { class: "podkit-chart-axis", x: w / 2, y: h / 2, "text-anchor": "middle" },
+        "no generations yet",
+      ),
+    );
   }
   svg.appendChild(g);
   return svg;

@@ -54,7 +54,11 @@ export function field({ label, name, control = "input", type = "text", options, 
   const hintId = hint ? `${id}-hint` : null;
   let input;
   if (control === "select") {
-    input = h("select", { id, name, ...attrs }, (options || []).map(([value, text]) => h("option", { value }, text)));
+    input = h(
+      "select",
+      { id, name, ...attrs },
+      (options || []).map(([value, text]) => h("option", { value }, text)),
+    );
   } else if (control === "textarea") {
     input = h("textarea", { id, name, rows: 4, spellcheck: "false", ...attrs });
   } else {
@@ -102,7 +106,11 @@ export function showErrors(fields, errors) {
 /** A progress bar: {el, set(fraction|null, label)}; null shows an indeterminate bar. */
 export function progressBar(label) {
   const fill = h("div", { class: "podkit-progress-fill" });
-  const el = h("div", { class: "podkit-progress", role: "progressbar", "aria-label": label, "aria-valuemin": 0, "aria-valuemax": 100 }, fill);
+  const el = h(
+    "div",
+    { class: "podkit-progress", role: "progressbar", "aria-label": label, "aria-valuemin": 0, "aria-valuemax": 100 },
+    fill,
+  );
   const set = (f, text) => {
     if (f === null || f === undefined) {
       el.classList.add("podkit-indeterminate");
@@ -150,6 +158,18 @@ export function syncList(container, rows, items, key, create) {
 /** A small status pill ("running", "failed", …) styled by status. */
 export function statusPill(status) {
   return h("span", { class: `podkit-pill podkit-pill-${status}` }, status);
+}
+
+/** Show `status` in a pill made by statusPill. */
+export function setPill(pill, status) {
+  setText(pill, status);
+  pill.className = `podkit-pill podkit-pill-${status}`;
+}
+
+/** Show an error text in `node`, hidden when there is none. */
+export function setErrorText(node, text) {
+  setText(node, text || "");
+  node.hidden = !text;
 }
 
 /** Run an async button action with the button disabled meanwhile; errors go to `onError`. */

@@ -43,15 +43,32 @@ function hasActiveJobs(state) {
  * @param {HTMLElement[]} [options.headerExtras] extra controls placed in the header (token field…)
  * @returns {{root: HTMLElement, dispose: () => void}}
  */
-export function mountPanel(container, controller, { refreshSeconds = () => 10, pollMs = null, headerExtras = [] } = {}) {
+export function mountPanel(
+  container,
+  controller,
+  { refreshSeconds = () => 10, pollMs = null, headerExtras = [] } = {},
+) {
   ensureStyles(container.ownerDocument);
   const conn = h("span", { class: "podkit-conn", role: "status", "aria-live": "polite" });
-  const refresh = h("button", { type: "button", class: "podkit-small", "aria-label": "Refresh the PodKit panel" }, "Refresh");
-  const sections = [downloadsSection, cacheSection, trainingSection, monitorSection, outboxSection].map((make) => make(controller));
+  const refresh = h(
+    "button",
+    { type: "button", class: "podkit-small", "aria-label": "Refresh the PodKit panel" },
+    "Refresh",
+  );
+  const sections = [downloadsSection, cacheSection, trainingSection, monitorSection, outboxSection].map((make) =>
+    make(controller),
+  );
   const root = h(
     "div",
     { id: "podkit-root", class: "podkit-panel" },
-    h("header", { class: "podkit-header" }, h("h2", { class: "podkit-title" }, "PodKit"), conn, refresh, ...headerExtras),
+    h(
+      "header",
+      { class: "podkit-header" },
+      h("h2", { class: "podkit-title" }, "PodKit"),
+      conn,
+      refresh,
+      ...headerExtras,
+    ),
     sections.map((s) => s.el),
   );
   container.replaceChildren(root);

@@ -252,13 +252,21 @@ export function toastFor(kind, prev, next) {
       return { severity: "error", title: "Download failed", detail: `${name}: ${next.error || "unknown error"}` };
   } else if (kind === "training") {
     if (next.status === "done")
-      return { severity: "success", title: "Training finished", detail: next.lora_uri ? `${name} → ${next.lora_uri}` : name };
+      return {
+        severity: "success",
+        title: "Training finished",
+        detail: next.lora_uri ? `${name} → ${next.lora_uri}` : name,
+      };
     if (next.status === "failed")
       return { severity: "error", title: "Training failed", detail: `${name}: ${next.error || "unknown error"}` };
   } else if (kind === "upload") {
     if (next.status === "done") return { severity: "success", title: "Uploaded", detail: `${next.bucket}/${next.key}` };
     if (next.status === "failed")
-      return { severity: "error", title: "PodKit upload failed", detail: `${next.key}: ${next.last_error || "unknown error"}` };
+      return {
+        severity: "error",
+        title: "PodKit upload failed",
+        detail: `${next.key}: ${next.last_error || "unknown error"}`,
+      };
   }
   return null;
 }

@@ -88,7 +88,8 @@ export function buildDownloadRequest(form) {
       const filename = trim(form.filename);
       const revision = trim(form.revision);
       if (filename) {
-        if (filename.includes("..") || filename.startsWith("/")) errors.filename = "A path inside the repository, without '..'.";
+        if (filename.includes("..") || filename.startsWith("/"))
+          errors.filename = "A path inside the repository, without '..'.";
         else item.filename = filename;
       }
       if (revision) item.revision = revision;
@@ -192,13 +193,21 @@ export function buildTrainingRequest(form) {
   const lr = trim(form.learning_rate);
   if (lr !== undefined && lr !== "") {
     const x = Number(lr);
-    if (!Number.isFinite(x) || x <= 0 || x >= 1) errors.learning_rate = "Learning rate must be a number between 0 and 1, e.g. 1e-4.";
+    if (!Number.isFinite(x) || x <= 0 || x >= 1)
+      errors.learning_rate = "Learning rate must be a number between 0 and 1, e.g. 1e-4.";
     else body.learning_rate = x;
   }
   const res = trim(form.resolutions);
   if (res) {
-    const list = res.split(/[\s,]+/).filter(Boolean).map(Number);
-    if (!list.length || list.length > 8 || list.some((r) => !Number.isInteger(r) || r < 256 || r > 4096 || r % 32 !== 0))
+    const list = res
+      .split(/[\s,]+/)
+      .filter(Boolean)
+      .map(Number);
+    if (
+      !list.length ||
+      list.length > 8 ||
+      list.some((r) => !Number.isInteger(r) || r < 256 || r > 4096 || r % 32 !== 0)
+    )
       errors.resolutions = "1 to 8 sizes from 256 to 4096, multiples of 32, separated by commas.";
     else body.resolutions = [...new Set(list)];
   }

@@ -34,7 +34,7 @@ if str(SUPPORT) not in sys.path:
     sys.path.insert(0, str(SUPPORT))
 
 from browser_support import CHROMIUM_ARGS, PageLog, chromium_path, missing_browser, open_context, watch  # noqa: E402
-from http_server import FaultServer  # noqa: E402
+from http_server import FaultServer, fault_server  # noqa: E402
 from rgw import free_ports  # noqa: E402
 
 DROPPED_ENV_PREFIXES = ("AWS_", "R2_", "PODKIT_", "FAKE_AITK_")
@@ -132,11 +132,8 @@ def stop_control_plane(plane: ControlPlane) -> None:
 
 @pytest.fixture(scope="session")
 def file_server() -> Iterator[FaultServer]:
-    server = FaultServer().start()
-    try:
+    with fault_server() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ if str(SUPPORT) not in sys.path:
     sys.path.insert(0, str(SUPPORT))
 
 from browser_support import CHROMIUM_ARGS, PageLog, chromium_path, missing_browser, open_context, watch  # noqa: E402
-from http_server import FaultServer  # noqa: E402
+from http_server import FaultServer, fault_server  # noqa: E402
 
 TAB = "podkit-panel"
 TAB_BUTTON = f'[data-testid="{TAB}-tab-button"], button.{TAB}-tab-button'
@@ -62,11 +62,8 @@ def comfy_panel_server(
 
 @pytest.fixture(scope="module")
 def files() -> Iterator[FaultServer]:
-    server = FaultServer().start()
-    try:
+    with fault_server() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,10 @@ test("query strings skip empty values", async () => {
   const api = createApi(fetchFn);
   await api.outbox({ status: "failed", limit: 5, empty: "", nothing: null });
   await api.metrics();
-  assert.deepEqual(calls.map((c) => c.route), ["/podkit/outbox?status=failed&limit=5", "/podkit/metrics/report?hours=24"]);
+  assert.deepEqual(
+    calls.map((c) => c.route),
+    ["/podkit/outbox?status=failed&limit=5", "/podkit/metrics/report?hours=24"],
+  );
 });
 
 test("cache eviction: a plan first, then the purge", async () => {
@@ -43,7 +46,13 @@ test("cache eviction: a plan first, then the purge", async () => {
   const api = createApi(fetchFn);
   await api.planEviction(100);
   await api.evict(100);
-  assert.deepEqual(calls.map((c) => c.body), [{ dry_run: true, target_bytes: 100 }, { dry_run: false, target_bytes: 100 }]);
+  assert.deepEqual(
+    calls.map((c) => c.body),
+    [
+      { dry_run: true, target_bytes: 100 },
+      { dry_run: false, target_bytes: 100 },
+    ],
+  );
 });
 
 test("training routes", async () => {
@@ -58,12 +67,15 @@ test("training routes", async () => {
   await api.training("t1");
   await api.cancelTraining("t1");
   await api.deleteTraining("t1");
-  assert.deepEqual(calls.map((c) => `${c.method} ${c.route}`), [
-    "POST /podkit/training/jobs",
-    "GET /podkit/training/jobs/t1",
-    "POST /podkit/training/jobs/t1/cancel",
-    "DELETE /podkit/training/jobs/t1",
-  ]);
+  assert.deepEqual(
+    calls.map((c) => `${c.method} ${c.route}`),
+    [
+      "POST /podkit/training/jobs",
+      "GET /podkit/training/jobs/t1",
+      "POST /podkit/training/jobs/t1/cancel",
+      "DELETE /podkit/training/jobs/t1",
+    ],
+  );
 });
 
 test("errors carry the server's code and message", async () => {
@@ -74,10 +86,17 @@ test("errors carry the server's code and message", async () => {
     "GET /podkit/cache/stats": new TypeError("Failed to fetch"),
   });
   const api = createApi(fetchFn);
-  await assert.rejects(api.addDownloads({}), (e) => e instanceof ApiError && e.status === 400 && e.code === "invalid_request" && e.message === "url must be http(s)");
+  await assert.rejects(
+    api.addDownloads({}),
+    (e) =>
+      e instanceof ApiError && e.status === 400 && e.code === "invalid_request" && e.message === "url must be http(s)",
+  );
   await assert.rejects(api.refreshLoras(), (e) => e.status === 401 && /set the PodKit API token/.test(e.message));
   await assert.rejects(api.status(), (e) => e.status === 502 && e.message === "<html>Bad gateway</html>");
-  await assert.rejects(api.cacheStats(), (e) => e.status === 0 && e.code === "network" && /Failed to fetch/.test(e.message));
+  await assert.rejects(
+    api.cacheStats(),
+    (e) => e.status === 0 && e.code === "network" && /Failed to fetch/.test(e.message),
+  );
   await assert.rejects(api.trainings(), (e) => e.status === 404 && e.code === "not_found");
 });
 

@@ -29,15 +29,38 @@ test("extent widens flat data and ignores non-finite values", () => {
 });
 
 test("linePath maps larger values higher in the box", () => {
-  assert.equal(linePath([[0, 0], [10, 1]], 100, 50), "M0.0 50.0 L100.0 0.0");
+  assert.equal(
+    linePath(
+      [
+        [0, 0],
+        [10, 1],
+      ],
+      100,
+      50,
+    ),
+    "M0.0 50.0 L100.0 0.0",
+  );
   assert.equal(linePath([[0, NaN]], 100, 50), "");
 });
 
 test("barLayout scales bars to the largest value", () => {
   const bars = barLayout([1, 2, NaN], 30, 10, 0);
-  assert.deepEqual(bars.map((b) => [b.x, b.h]), [[0, 5], [10, 10], [20, 0]]);
+  assert.deepEqual(
+    bars.map((b) => [b.x, b.h]),
+    [
+      [0, 5],
+      [10, 10],
+      [20, 0],
+    ],
+  );
   assert.deepEqual(barLayout([], 10, 10), []);
   // a few bars keep a bounded width instead of filling the chart
   const few = barLayout([2, 4], 300, 10, 0, 16);
-  assert.deepEqual(few.map((b) => [b.x, b.w, b.h]), [[0, 16, 5], [16, 16, 10]]);
+  assert.deepEqual(
+    few.map((b) => [b.x, b.w, b.h]),
+    [
+      [0, 16, 5],
+      [16, 16, 10],
+    ],
+  );
 });

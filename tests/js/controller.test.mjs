@@ -63,7 +63,10 @@ test("resync: sections whose routes are missing say so, the rest loads", async (
   // poll skips the missing sections until the next full re-sync
   calls.length = 0;
   await c.poll();
-  assert.deepEqual(calls.map((x) => x.route), ["/podkit/outbox?limit=100"]);
+  assert.deepEqual(
+    calls.map((x) => x.route),
+    ["/podkit/outbox?limit=100"],
+  );
 });
 
 test("resync: an unreachable server is offline, errors are kept per section", async () => {
@@ -77,7 +80,10 @@ test("resync: an unreachable server is offline, errors are kept per section", as
 test("events update the state, toast finished work and refresh what it changed", async () => {
   const timers = fakeTimers();
   const toasts = [];
-  const { fetchFn, calls } = fakeFetch({ ...CORE, "GET /podkit/metrics/report?hours=24": [200, { count: 1, recent: [] }] });
+  const { fetchFn, calls } = fakeFetch({
+    ...CORE,
+    "GET /podkit/metrics/report?hours=24": [200, { count: 1, recent: [] }],
+  });
   const c = createController({ api: createApi(fetchFn), toast: (t) => toasts.push(t), ...timers });
   assert.ok(EVENTS.includes("podkit.download") && EVENTS.includes("podkit.training"));
   c.onEvent("podkit.download", job("d", "running", 1, { bytes_done: 1, bytes_total: 2 }));
@@ -86,12 +92,18 @@ test("events update the state, toast finished work and refresh what it changed",
   assert.equal(toasts.length, 0);
   c.onEvent("podkit.download", job("d", "done", 2, { dest: "loras/d.safetensors" }));
   c.onEvent("podkit.download", job("d", "done", 3));
-  assert.deepEqual(toasts.map((t) => t.title), ["Download finished"]);
+  assert.deepEqual(
+    toasts.map((t) => t.title),
+    ["Download finished"],
+  );
   // one debounced cache refresh
   assert.equal(timers.timers.size, 1);
   timers.runAll();
   await flush();
-  assert.deepEqual(calls.map((x) => x.route), ["/podkit/cache/stats"]);
+  assert.deepEqual(
+    calls.map((x) => x.route),
+    ["/podkit/cache/stats"],
+  );
 
   c.onEvent("podkit.training", job("t", "running", 1, { step: 1, total_steps: 4 }));
   c.onEvent("podkit.training", job("t", "failed", 2, { error: "CUDA out of memory" }));
@@ -105,14 +117,23 @@ test("events update the state, toast finished work and refresh what it changed",
   calls.length = 0;
   c.onEvent("podkit.generation", { prompt_id: "p", started: 5, wall_s: 1.5 });
   c.onEvent("podkit.generation", { prompt_id: "q", started: 6, wall_s: 2.5 });
-  assert.deepEqual(c.store.get().monitor.recent.map((r) => r.prompt_id), ["q", "p"]);
+  assert.deepEqual(
+    c.store.get().monitor.recent.map((r) => r.prompt_id),
+    ["q", "p"],
+  );
   assert.equal(timers.timers.size, 1, "generations debounce into one report refresh");
   c.dispose();
   assert.equal(timers.timers.size, 0);
 });
 
 test("a throwing toast never breaks event handling", () => {
-  const c = createController({ api: createApi(fakeFetch({}).fetchFn), toast: () => { throw new Error("no toast API"); }, ...fakeTimers() });
+  const c = createController({
+    api: createApi(fakeFetch({}).fetchFn),
+    toast: () => {
+      throw new Error("no toast API");
+    },
+    ...fakeTimers(),
+  });
   c.onEvent("podkit.download", job("d", "running", 1));
   c.onEvent("podkit.download", job("d", "failed", 2));
   assert.equal(c.store.get().downloads.byId.d.status, "failed");
@@ -120,14 +141,30 @@ test("a throwing toast never breaks event handling", () => {
 
 test("polling hosts toast changes between snapshots, never the first snapshot", async () => {
   const toasts = [];
-  const routes = { ...CORE, "GET /podkit/downloads": [200, { jobs: [job("old", "done", 1), job("d", "running", 1)] }], "GET /podkit/training/jobs": [200, { jobs: [] }] };
+  const routes = {
+    ...CORE,
+    "GET /podkit/downloads": [200, { jobs: [job("old", "done", 1), job("d", "running", 1)] }],
+    "GET /podkit/training/jobs": [200, { jobs: [] }],
+  };
   const timers = fakeTimers();
-  const c = createController({ api: createApi(fakeFetch(routes).fetchFn), toast: (t) => toasts.push(t), toastSnapshots: true, ...timers });
+  const c = createController({
+    api: createApi(fakeFetch(routes).fetchFn),
+    toast: (t) => toasts.push(t),
+    toastSnapshots: true,
+    ...timers,
+  });
   await c.resync();
   assert.deepEqual(toasts, []);
-  routes["GET /podkit/downloads"] = [200, { jobs: [job("old", "done", 1), job("d", "done", 2), job("new", "failed", 2)] }];
+  routes["GET /podkit/downloads"] = [
+    200,
+    { jobs: [job("old", "done", 1), job("d", "done", 2), job("new", "failed", 2)] },
+  ];
   await c.poll();
-  assert.deepEqual(toasts.map((t) => t.title), ["Download finished"], "an unseen job finishing between polls is history, not news");
+  assert.deepEqual(
+    toasts.map((t) => t.title),
+    ["Download finished"],
+    "an unseen job finishing between polls is history, not news",
+  );
   assert.equal(timers.timers.size, 1, "the cache is re-read after a finished download");
   // without the option, snapshots stay silent
   const quiet = [];

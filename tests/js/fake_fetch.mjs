@@ -4,7 +4,12 @@
 export function fakeFetch(routes) {
   const calls = [];
   const fetchFn = async (route, init) => {
-    calls.push({ route, method: init.method, headers: init.headers, body: init.body === undefined ? undefined : JSON.parse(init.body) });
+    calls.push({
+      route,
+      method: init.method,
+      headers: init.headers,
+      body: init.body === undefined ? undefined : JSON.parse(init.body),
+    });
     const hit = routes[`${init.method} ${route}`];
     if (hit instanceof Error) throw hit;
     const [status, body] = hit || [404, { error: "not_found", message: `no route ${route}` }];

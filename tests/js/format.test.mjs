@@ -86,7 +86,10 @@ test("downloadProgressText reads the contract's speed and eta", () => {
   const job = { status: "running", bytes_done: 512 * 1024, bytes_total: 1024 * 1024, speed: 256 * 1024, eta: 2 };
   assert.equal(downloadProgressText(job), "50 % · 512 KiB of 1.00 MiB · 256 KiB/s · 2 s left");
   // a finished job shows 100 % and no speed
-  assert.equal(downloadProgressText({ ...job, status: "done", bytes_done: 1024 * 1024 }), "100 % · 1.00 MiB of 1.00 MiB");
+  assert.equal(
+    downloadProgressText({ ...job, status: "done", bytes_done: 1024 * 1024 }),
+    "100 % · 1.00 MiB of 1.00 MiB",
+  );
   // unknown total: bytes only
   assert.equal(downloadProgressText({ status: "running", bytes_done: 2048, bytes_total: null }), "2.00 KiB");
   assert.equal(downloadProgressText({ status: "queued" }), "");
@@ -99,7 +102,10 @@ test("trainingProgressText accepts seconds per step or steps per second", () => 
     trainingProgressText({ status: "running", step: 1, total_steps: 10, speed: 4, eta: 2 }),
     "step 1 of 10 · 250 ms/step · 2 s left",
   );
-  assert.equal(trainingProgressText({ ...job, status: "done", step: 500 }), "step 500 of 500 · loss 0.1234 · 1.20 s/step");
+  assert.equal(
+    trainingProgressText({ ...job, status: "done", step: 500 }),
+    "step 500 of 500 · loss 0.1234 · 1.20 s/step",
+  );
 });
 
 test("parseSize reads the sizes people type", () => {

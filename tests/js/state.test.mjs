@@ -27,7 +27,11 @@ test("unknown actions return the very same state", () => {
 
 test("a snapshot loads jobs and counts; the old state is not mutated", () => {
   const s0 = initialState();
-  const s1 = reduce(s0, { type: "downloads", jobs: [dl("a", "running", 1), dl("b", "done", 2)], counts: { running: 1, done: 1 } });
+  const s1 = reduce(s0, {
+    type: "downloads",
+    jobs: [dl("a", "running", 1), dl("b", "done", 2)],
+    counts: { running: 1, done: 1 },
+  });
   assert.equal(s0.downloads.loaded, false);
   assert.deepEqual(Object.keys(s0.downloads.byId), []);
   assert.equal(s1.downloads.loaded, true);
@@ -64,35 +68,83 @@ test("download events upsert and recount; removal forgets the job", () => {
 
 test("downloadGroups puts active and paused first, newest first, then history", () => {
   let s = initialState();
-  s = reduce(s, { type: "downloads", jobs: [dl("old", "done", 1), dl("p", "paused", 2), dl("r", "running", 3), dl("f", "failed", 4)] });
+  s = reduce(s, {
+    type: "downloads",
+    jobs: [dl("old", "done", 1), dl("p", "paused", 2), dl("r", "running", 3), dl("f", "failed", 4)],
+  });
   const g = downloadGroups(s);
-  assert.deepEqual(g.active.map((j) => j.id), ["r", "p"]);
-  assert.deepEqual(g.history.map((j) => j.id), ["f", "old"]);
+  assert.deepEqual(
+    g.active.map((j) => j.id),
+    ["r", "p"],
+  );
+  assert.deepEqual(
+    g.history.map((j) => j.id),
+    ["f", "old"],
+  );
   assert.equal(badgeText(s), "1", "paused downloads are not counted as active");
 });
 
 test("training details keep the loss list and log tail apart from the summary", () => {
-  const detail = { id: "t", name: "t", status: "running", updated: 5, step: 3, total_steps: 10, loss: [[1, 0.5], [2, 0.4], [3, 0.3]], log_tail: ["a", "b"], config_yaml: "x: 1" };
+  const detail = {
+    id: "t",
+    name: "t",
+    status: "running",
+    updated: 5,
+    step: 3,
+    total_steps: 10,
+    loss: [
+      [1, 0.5],
+      [2, 0.4],
+      [3, 0.3],
+    ],
+    log_tail: ["a", "b"],
+    config_yaml: "x: 1",
+  };
   const s = reduce(initialState(), { type: "training", job: detail });
   assert.equal(s.training.byId.t.loss, 0.3, "the job's loss is the latest value");
   assert.equal(s.training.byId.t.log_tail, undefined);
   assert.deepEqual(s.training.detail.t.loss, detail.loss);
   assert.deepEqual(s.training.detail.t.log_tail, ["a", "b"]);
   assert.equal(s.training.detail.t.config_yaml, "x: 1");
-  const s2 = reduce(s, { type: "trainings", jobs: [{ ...detail, updated: 6, step: 4, loss: 0.25 }, { id: "u", status: "done", updated: 1, created: 1 }] });
+  const s2 = reduce(s, {
+    type: "trainings",
+    jobs: [
+      { ...detail, updated: 6, step: 4, loss: 0.25 },
+      { id: "u", status: "done", updated: 1, created: 1 },
+    ],
+  });
   assert.equal(s2.training.byId.t.step, 4);
-  assert.deepEqual(trainingGroups(s2).active.map((j) => j.id), ["t"]);
-  assert.deepEqual(trainingGroups(s2).finished.map((j) => j.id), ["u"]);
+  assert.deepEqual(
+    trainingGroups(s2).active.map((j) => j.id),
+    ["t"],
+  );
+  assert.deepEqual(
+    trainingGroups(s2).finished.map((j) => j.id),
+    ["u"],
+  );
   const s3 = reduce(s2, { type: "training/removed", id: "t" });
   assert.equal(s3.training.detail.t, undefined);
 });
 
 test("generations merge by prompt id, newest first, bounded", () => {
-  let s = reduce(initialState(), { type: "metrics", report: { count: 2, recent: [{ prompt_id: "a", started: 1, wall_s: 1 }, { prompt_id: "b", started: 2, wall_s: 3 }] } });
+  let s = reduce(initialState(), {
+    type: "metrics",
+    report: {
+      count: 2,
+      recent: [
+        { prompt_id: "a", started: 1, wall_s: 1 },
+        { prompt_id: "b", started: 2, wall_s: 3 },
+      ],
+    },
+  });
   s = reduce(s, { type: "generation", record: { prompt_id: "c", started: 3, wall_s: 2 } });
   s = reduce(s, { type: "generation", record: { prompt_id: "c", started: 3, wall_s: 2 } });
-  assert.deepEqual(s.monitor.recent.map((r) => r.prompt_id), ["c", "b", "a"]);
-  for (let i = 0; i < MAX_RECENT + 10; i += 1) s = reduce(s, { type: "generation", record: { prompt_id: `p${i}`, started: 10 + i, wall_s: 1 } });
+  assert.deepEqual(
+    s.monitor.recent.map((r) => r.prompt_id),
+    ["c", "b", "a"],
+  );
+  for (let i = 0; i < MAX_RECENT + 10; i += 1)
+    s = reduce(s, { type: "generation", record: { prompt_id: `p${i}`, started: 10 + i, wall_s: 1 } });
   assert.equal(s.monitor.recent.length, MAX_RECENT);
   assert.equal(s.monitor.recent[0].prompt_id, `p${MAX_RECENT + 9}`);
 });
@@ -107,10 +159,17 @@ test("percentile and recentSummary", () => {
 });
 
 test("upload events keep the outbox counts right", () => {
-  let s = reduce(initialState(), { type: "outbox", counts: { pending: 1 }, items: [{ id: "o", status: "pending", updated: 1, created: 1, key: "k" }] });
+  let s = reduce(initialState(), {
+    type: "outbox",
+    counts: { pending: 1 },
+    items: [{ id: "o", status: "pending", updated: 1, created: 1, key: "k" }],
+  });
   s = reduce(s, { type: "upload", item: { id: "o", status: "failed", updated: 2, created: 1, key: "k" } });
   assert.deepEqual(s.outbox.counts, { pending: 0, failed: 1 });
-  assert.deepEqual(outboxOpen(s).map((i) => i.id), ["o"]);
+  assert.deepEqual(
+    outboxOpen(s).map((i) => i.id),
+    ["o"],
+  );
   s = reduce(s, { type: "upload", item: { id: "o", status: "done", updated: 3, created: 1, key: "k" } });
   assert.deepEqual(outboxOpen(s), []);
 });
@@ -133,8 +192,14 @@ test("toastFor: only status changes to done/failed toast", () => {
     detail: "loras/a.safetensors",
   });
   assert.equal(toastFor("download", undefined, dl("a", "failed", 2, { error: "404" })).detail, "a: 404");
-  assert.equal(toastFor("training", dl("t", "running", 1), dl("t", "done", 2, { lora_uri: "r2://l/t.safetensors" })).detail, "t → r2://l/t.safetensors");
-  assert.equal(toastFor("upload", undefined, { id: "o", status: "failed", key: "k", last_error: "503" }).severity, "error");
+  assert.equal(
+    toastFor("training", dl("t", "running", 1), dl("t", "done", 2, { lora_uri: "r2://l/t.safetensors" })).detail,
+    "t → r2://l/t.safetensors",
+  );
+  assert.equal(
+    toastFor("upload", undefined, { id: "o", status: "failed", key: "k", last_error: "503" }).severity,
+    "error",
+  );
   assert.equal(toastFor("upload", undefined, { id: "o", status: "done", key: "k", bucket: "out" }).detail, "out/k");
   assert.equal(toastFor("upload", undefined, null), null);
 });
@@ -153,7 +218,11 @@ test("downloadedModels sums finished downloads per model type", () => {
   assert.deepEqual(downloadedModels(s), {
     count: 5,
     bytes: 1153,
-    types: [["checkpoint", { count: 2, bytes: 1000 }], ["lora", { count: 2, bytes: 150 }], ["other", { count: 1, bytes: 3 }]],
+    types: [
+      ["checkpoint", { count: 2, bytes: 1000 }],
+      ["lora", { count: 2, bytes: 150 }],
+      ["other", { count: 1, bytes: 3 }],
+    ],
   });
   assert.deepEqual(downloadedModels(initialState()), { count: 0, bytes: 0, types: [] });
 });

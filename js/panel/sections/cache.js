@@ -58,7 +58,14 @@ function evictionForm(controller) {
   const status = statusLine();
   const planList = h("ul", { class: "podkit-list podkit-plan", "aria-label": "Entries the purge would remove" });
   let planned = null;
-  const form = h("form", { class: "podkit-form", "aria-label": "Cache eviction", novalidate: true }, target.wrap, h("div", { class: "podkit-actions" }, planButton, purgeButton), status.el, planList);
+  const form = h(
+    "form",
+    { class: "podkit-form", "aria-label": "Cache eviction", novalidate: true },
+    target.wrap,
+    h("div", { class: "podkit-actions" }, planButton, purgeButton),
+    status.el,
+    planList,
+  );
   const reset = () => {
     planned = null;
     purgeButton.hidden = true;
@@ -82,9 +89,21 @@ function evictionForm(controller) {
         const entries = plan.entries || [];
         planned = bytes;
         planList.replaceChildren(
-          ...entries.slice(0, 50).map((e) =>
-            h("li", { class: "podkit-row" }, h("span", { class: "podkit-row-name", title: e.digest }, e.source || e.digest), " ", h("span", { class: "podkit-row-meta" }, `${formatBytes(e.size)} · used ${formatAgo(e.last_used, Date.now() / 1000)}`)),
-          ),
+          ...entries
+            .slice(0, 50)
+            .map((e) =>
+              h(
+                "li",
+                { class: "podkit-row" },
+                h("span", { class: "podkit-row-name", title: e.digest }, e.source || e.digest),
+                " ",
+                h(
+                  "span",
+                  { class: "podkit-row-meta" },
+                  `${formatBytes(e.size)} · used ${formatAgo(e.last_used, Date.now() / 1000)}`,
+                ),
+              ),
+            ),
         );
         const skipped = (plan.skipped_in_use || 0) + (plan.skipped_pinned || 0);
         status.ok(
@@ -93,7 +112,10 @@ function evictionForm(controller) {
             : "Nothing to remove: the cache is already under that size.",
         );
         purgeButton.hidden = entries.length === 0;
-        setText(purgeButton, `Purge ${entries.length} entr${entries.length === 1 ? "y" : "ies"} (${formatBytes(plan.freed_bytes)})`);
+        setText(
+          purgeButton,
+          `Purge ${entries.length} entr${entries.length === 1 ? "y" : "ies"} (${formatBytes(plan.freed_bytes)})`,
+        );
       },
       (e) => status.fail(errorText(e)),
     );
@@ -145,7 +167,15 @@ export function cacheSection(controller) {
     ),
   );
   const models = h("div", { class: "podkit-cache-block podkit-models" });
-  frame.body.append(cacheError.el, stats, models, evictionForm(controller), h("div", { class: "podkit-row-head" }, loraTitle, refresh), loraStatus.el, loraList);
+  frame.body.append(
+    cacheError.el,
+    stats,
+    models,
+    evictionForm(controller),
+    h("div", { class: "podkit-row-head" }, loraTitle, refresh),
+    loraStatus.el,
+    loraList,
+  );
   let shownStats = null;
   let shownModels = "";
 
@@ -165,7 +195,11 @@ export function cacheSection(controller) {
               ["Downloaded", formatBytes(mc && mc.fetched_bytes)],
             ]),
             cacheBlock("LoRA RAM cache", s.lora_ram),
-            cacheBlock("VAE decode cache", decodeStats(s.decode), s.decode ? [["Disk tier", s.decode.disk_enabled ? `on (${s.decode.disk_hits ?? 0} hits)` : "off"]] : []),
+            cacheBlock(
+              "VAE decode cache",
+              decodeStats(s.decode),
+              s.decode ? [["Disk tier", s.decode.disk_enabled ? `on (${s.decode.disk_hits ?? 0} hits)` : "off"]] : [],
+            ),
           ].filter(Boolean),
         );
         frame.setBadge(mc ? formatBytes(mc.bytes_on_disk) : "");
@@ -179,7 +213,10 @@ export function cacheSection(controller) {
           m.count
             ? statList([
                 ["Total", `${m.count} file${m.count === 1 ? "" : "s"}, ${formatBytes(m.bytes)}`],
-                ...m.types.map(([type, t]) => [type, `${t.count} file${t.count === 1 ? "" : "s"}, ${formatBytes(t.bytes)}`]),
+                ...m.types.map(([type, t]) => [
+                  type,
+                  `${t.count} file${t.count === 1 ? "" : "s"}, ${formatBytes(t.bytes)}`,
+                ]),
               ])
             : h("p", { class: "podkit-empty" }, "No finished downloads listed."),
         );
@@ -191,7 +228,8 @@ export function cacheSection(controller) {
       syncList(loraList, loraRows, items.slice(0, 200), (i) => i.uri || i.key, loraRow);
       if (state.loras.error) loraStatus.fail(`LoRA list: ${state.loras.error}`);
       else if (listing && listing.error) loraStatus.fail(`LoRA list: ${listing.error}`);
-      else if (listing) loraStatus.ok(`${items.length} LoRA${items.length === 1 ? "" : "s"} in ${listing.bucket || "the bucket"}.`);
+      else if (listing)
+        loraStatus.ok(`${items.length} LoRA${items.length === 1 ? "" : "s"} in ${listing.bucket || "the bucket"}.`);
     },
   };
 }

@@ -87,11 +87,16 @@ export function onValidSubmit({ form, fields, submit, status, build, send, advan
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const { body, errors } = build(readForm(form));
-    if (advanced && errors && Object.keys(errors).some((k) => advanced.contains(fields[k]?.input))) advanced.open = true;
+    if (advanced && errors && Object.keys(errors).some((k) => advanced.contains(fields[k]?.input)))
+      advanced.open = true;
     if (!showErrors(fields, errors || {})) {
       status.fail("Check the highlighted fields.");
       return;
     }
-    busy(submit, () => send(body), (e) => status.fail(errorText(e)));
+    busy(
+      submit,
+      () => send(body),
+      (e) => status.fail(errorText(e)),
+    );
   });
 }

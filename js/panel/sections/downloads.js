@@ -4,7 +4,18 @@
 import { downloadProgressText, formatAgo, fraction } from "../format.js";
 import { DOWNLOAD_OPEN, downloadGroups } from "../state.js";
 import { MODEL_TYPES, buildDownloadRequest } from "../validate.js";
-import { busy, field, h, progressBar, setText, showErrors, statusPill, syncList } from "../dom.js";
+import {
+  busy,
+  field,
+  h,
+  progressBar,
+  setErrorText,
+  setPill,
+  setText,
+  showErrors,
+  statusPill,
+  syncList,
+} from "../dom.js";
 import { errorText, onValidSubmit, sectionFrame, statusLine } from "./common.js";
 
 const SOURCES = [
@@ -19,18 +30,39 @@ function downloadForm(controller) {
   const f = {
     source: field({ label: "Source", name: "source", control: "select", options: SOURCES }),
     repo_id: field({ label: "Repository or file URL", name: "repo_id", attrs: { placeholder: "owner/name" } }),
-    filename: field({ label: "File in the repository", name: "filename", hint: "Empty: the whole repository.", attrs: { placeholder: "model.safetensors" } }),
+    filename: field({
+      label: "File in the repository",
+      name: "filename",
+      hint: "Empty: the whole repository.",
+      attrs: { placeholder: "model.safetensors" },
+    }),
     revision: field({ label: "Revision", name: "revision", attrs: { placeholder: "main" } }),
     civitai: field({ label: "Model version id or civitai.com URL", name: "civitai", attrs: { inputmode: "url" } }),
     url: field({ label: "URL", name: "url", type: "url", attrs: { placeholder: "https://…/model.safetensors" } }),
     uri: field({ label: "Object URI", name: "uri", attrs: { placeholder: "r2://bucket/key.safetensors" } }),
-    manifest: field({ label: "Manifest (YAML or JSON)", name: "manifest", control: "textarea", hint: "A list of items, or {items: [...]}, as in the README." }),
-    type: field({ label: "Model type", name: "type", control: "select", options: [["", "detect from the file"], ...MODEL_TYPES.map((t) => [t, t])] }),
+    manifest: field({
+      label: "Manifest (YAML or JSON)",
+      name: "manifest",
+      control: "textarea",
+      hint: "A list of items, or {items: [...]}, as in the README.",
+    }),
+    type: field({
+      label: "Model type",
+      name: "type",
+      control: "select",
+      options: [["", "detect from the file"], ...MODEL_TYPES.map((t) => [t, t])],
+    }),
     name: field({ label: "Save as (file name)", name: "name", attrs: { placeholder: "optional" } }),
     sha256: field({ label: "SHA-256", name: "sha256", attrs: { placeholder: "optional, verified after download" } }),
     force: field({ label: "Download again even if present", name: "force", type: "checkbox" }),
   };
-  const bySource = { hf: ["repo_id", "filename", "revision"], civitai: ["civitai"], url: ["url"], bucket: ["uri"], manifest: ["manifest"] };
+  const bySource = {
+    hf: ["repo_id", "filename", "revision"],
+    civitai: ["civitai"],
+    url: ["url"],
+    bucket: ["uri"],
+    manifest: ["manifest"],
+  };
   const perItem = ["type", "name", "sha256"];
   const main = ["source", "repo_id", "filename", "revision", "civitai", "url", "uri", "manifest"];
   const submit = h("button", { type: "submit", class: "podkit-primary" }, "Add download");
@@ -77,7 +109,8 @@ function downloadForm(controller) {
       const jobs = (answer && answer.jobs) || [];
       for (const job of jobs) controller.store.dispatch({ type: "download", job });
       status.ok(`Queued ${jobs.length} download${jobs.length === 1 ? "" : "s"}.`);
-      for (const name of ["repo_id", "filename", "revision", "civitai", "url", "uri", "manifest", "name", "sha256"]) f[name].input.value = "";
+      for (const name of ["repo_id", "filename", "revision", "civitai", "url", "uri", "manifest", "name", "sha256"])
+        f[name].input.value = "";
     },
   });
   return form;
@@ -91,7 +124,14 @@ function downloadRow(controller, onError) {
   const bar = progressBar("Download progress");
   const line = h("div", { class: "podkit-row-meta" });
   const err = h("div", { class: "podkit-row-error" });
-  const el = h("li", { class: "podkit-row" }, h("div", { class: "podkit-row-head" }, name, pill, pause, button), bar.el, line, err);
+  const el = h(
+    "li",
+    { class: "podkit-row" },
+    h("div", { class: "podkit-row-head" }, name, pill, pause, button),
+    bar.el,
+    line,
+    err,
+  );
   let job = null;
   const apply = (answer) => {
     if (answer && typeof answer.id === "string") controller.store.dispatch({ type: "download", job: answer });
@@ -111,7 +151,12 @@ function downloadRow(controller, onError) {
   pause.addEventListener("click", () =>
     busy(
       pause,
-      async () => apply(job.status === "paused" ? await controller.api.resumeDownload(job.id) : await controller.api.pauseDownload(job.id)),
+      async () =>
+        apply(
+          job.status === "paused"
+            ? await controller.api.resumeDownload(job.id)
+            : await controller.api.pauseDownload(job.id),
+        ),
       onError,
     ),
   );
@@ -129,8 +174,7 @@ function downloadRow(controller, onError) {
       el.dataset.id = next.id;
       setText(name, label);
       name.title = next.dest || label;
-      setText(pill, next.status);
-      pill.className = `podkit-pill podkit-pill-${next.status}`;
+      setPill(pill, next.status);
       setText(button, active ? "Cancel" : "Remove");
       button.setAttribute("aria-label", `${active ? "Cancel" : "Remove"} download ${label}`);
       bar.el.hidden = !active && next.status !== "done";
@@ -142,8 +186,7 @@ function downloadRow(controller, onError) {
       const files = Array.isArray(next.files) && next.files.length > 1 ? `${next.files.length} files` : "";
       const when = active ? "" : formatAgo(next.finished ?? next.updated, Date.now() / 1000);
       setText(line, [text, files, next.model_type, where, when].filter(Boolean).join(" · "));
-      setText(err, next.error || "");
-      err.hidden = !next.error;
+      setErrorText(err, next.error);
     },
   };
 }
@@ -158,15 +201,36 @@ export function downloadsSection(controller) {
   const historyTitle = h("h4", {}, "History");
   const rows = { active: new Map(), history: new Map() };
   const onError = (e) => status.fail(errorText(e));
-  frame.body.append(loadError.el, downloadForm(controller), h("h4", {}, "Active"), activeEmpty, activeList, historyTitle, historyList, status.el);
+  frame.body.append(
+    loadError.el,
+    downloadForm(controller),
+    h("h4", {}, "Active"),
+    activeEmpty,
+    activeList,
+    historyTitle,
+    historyList,
+    status.el,
+  );
 
   return {
     el: frame.el,
     update(state) {
       if (!frame.setAvailable(state.downloads.error)) return;
       const { active, history } = downloadGroups(state);
-      syncList(activeList, rows.active, active, (j) => j.id, () => downloadRow(controller, onError));
-      syncList(historyList, rows.history, history.slice(0, 50), (j) => j.id, () => downloadRow(controller, onError));
+      syncList(
+        activeList,
+        rows.active,
+        active,
+        (j) => j.id,
+        () => downloadRow(controller, onError),
+      );
+      syncList(
+        historyList,
+        rows.history,
+        history.slice(0, 50),
+        (j) => j.id,
+        () => downloadRow(controller, onError),
+      );
       activeEmpty.hidden = active.length > 0;
       historyTitle.hidden = historyList.hidden = history.length === 0;
       const working = active.filter((j) => j.status !== "paused").length;

@@ -40,13 +40,21 @@ function hintList(report) {
       h(
         "ul",
         { class: "podkit-hints" },
-        found.map((b) => h("li", {}, h("strong", {}, BOTTLENECKS[b.kind] || String(b.kind)), b.detail ? `: ${b.detail}` : "")),
+        found.map((b) =>
+          h("li", {}, h("strong", {}, BOTTLENECKS[b.kind] || String(b.kind)), b.detail ? `: ${b.detail}` : ""),
+        ),
       ),
     );
   }
   if (advice.length) {
     out.push(h("h4", {}, "Recommendations"));
-    out.push(h("ul", { class: "podkit-hints" }, advice.map((t) => h("li", {}, String(t)))));
+    out.push(
+      h(
+        "ul",
+        { class: "podkit-hints" },
+        advice.map((t) => h("li", {}, String(t))),
+      ),
+    );
   }
   return out;
 }
@@ -59,11 +67,31 @@ function slowTable(report) {
     h(
       "table",
       { class: "podkit-table" },
-      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Node"), h("th", { scope: "col" }, "Runs"), h("th", { scope: "col" }, "Mean"))),
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          h("th", { scope: "col" }, "Node"),
+          h("th", { scope: "col" }, "Runs"),
+          h("th", { scope: "col" }, "Mean"),
+        ),
+      ),
       h(
         "tbody",
         {},
-        slow.slice(0, 8).map((n) => h("tr", {}, h("td", {}, String(n.class_type)), h("td", {}, String(n.count ?? "")), h("td", {}, formatSeconds(n.mean_s)))),
+        slow
+          .slice(0, 8)
+          .map((n) =>
+            h(
+              "tr",
+              {},
+              h("td", {}, String(n.class_type)),
+              h("td", {}, String(n.count ?? "")),
+              h("td", {}, formatSeconds(n.mean_s)),
+            ),
+          ),
       ),
     ),
   ];
@@ -78,7 +106,13 @@ export function monitorSection(controller) {
   const nodes = h("div", { class: "podkit-monitor-nodes" });
   const hints = h("div", { class: "podkit-monitor-hints" });
   const refresh = h("button", { type: "button", class: "podkit-small" }, "Refresh report");
-  refresh.addEventListener("click", () => busy(refresh, () => controller.load("monitor"), (e) => loadError.fail(errorText(e))));
+  refresh.addEventListener("click", () =>
+    busy(
+      refresh,
+      () => controller.load("monitor"),
+      (e) => loadError.fail(errorText(e)),
+    ),
+  );
   frame.body.append(loadError.el, summary, chart, last, hints, nodes, h("div", { class: "podkit-actions" }, refresh));
   let shownReport;
   let shownRecent;

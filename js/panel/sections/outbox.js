@@ -3,7 +3,7 @@
 
 import { formatAgo, formatBytes } from "../format.js";
 import { outboxOpen } from "../state.js";
-import { busy, h, setText, statusPill, syncList } from "../dom.js";
+import { busy, h, setErrorText, setPill, setText, statusPill, syncList } from "../dom.js";
 import { errorText, sectionFrame, statusLine } from "./common.js";
 
 const ORDER = ["pending", "uploading", "spooling", "failed", "done"];
@@ -33,13 +33,18 @@ function outboxRow(controller, onError) {
       el.dataset.status = next.status;
       setText(name, next.key);
       name.title = `${next.bucket}/${next.key}`;
-      setText(pill, next.status);
-      pill.className = `podkit-pill podkit-pill-${next.status}`;
+      setPill(pill, next.status);
       retry.hidden = !["failed", "pending"].includes(next.status);
       retry.setAttribute("aria-label", `Retry upload of ${next.key}`);
-      setText(meta, [formatBytes(next.size), `${next.attempts} attempt${next.attempts === 1 ? "" : "s"}`, formatAgo(next.updated, Date.now() / 1000)].join(" · "));
-      setText(err, next.last_error || "");
-      err.hidden = !next.last_error;
+      setText(
+        meta,
+        [
+          formatBytes(next.size),
+          `${next.attempts} attempt${next.attempts === 1 ? "" : "s"}`,
+          formatAgo(next.updated, Date.now() / 1000),
+        ].join(" · "),
+      );
+      setErrorText(err, next.last_error);
     },
   };
 }
@@ -71,11 +76,19 @@ export function outboxSection(controller) {
     update(state) {
       if (!frame.setAvailable(state.outbox.error)) return;
       const open = outboxOpen(state);
-      syncList(list, rows, open.slice(0, 100), (i) => i.id, () => outboxRow(controller, onError));
+      syncList(
+        list,
+        rows,
+        open.slice(0, 100),
+        (i) => i.id,
+        () => outboxRow(controller, onError),
+      );
       const c = state.outbox.counts || {};
       const any = Object.values(c).some((n) => n > 0);
       empty.hidden = open.length > 0 || !any;
-      const text = ORDER.filter((k) => c[k]).map((k) => `${k} ${c[k]}`).join(" · ");
+      const text = ORDER.filter((k) => c[k])
+        .map((k) => `${k} ${c[k]}`)
+        .join(" · ");
       setText(counts, text || (state.outbox.loaded ? "No uploads yet." : ""));
       retryAll.disabled = !c.failed;
       const waiting = (c.pending || 0) + (c.failed || 0) + (c.uploading || 0) + (c.spooling || 0);

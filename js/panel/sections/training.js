@@ -5,37 +5,117 @@ import { lossChart } from "../charts.js";
 import { formatAgo, fraction, trainingProgressText } from "../format.js";
 import { TRAINING_ACTIVE, trainingGroups } from "../state.js";
 import { BASE_MODELS, CAPTION_EXTS, OPTIMIZERS, buildTrainingRequest } from "../validate.js";
-import { busy, field, h, progressBar, setText, statusPill, syncList } from "../dom.js";
+import { busy, field, h, progressBar, setErrorText, setPill, setText, statusPill, syncList } from "../dom.js";
 import { errorText, onValidSubmit, sectionFrame, statusLine } from "./common.js";
 
 function trainingForm(controller) {
   const f = {
     name: field({ label: "LoRA name", name: "name", attrs: { placeholder: "my_style_v1", required: true } }),
-    dataset_kind: field({ label: "Dataset from", name: "dataset_kind", control: "select", options: [["url", "URL of an archive"], ["uri", "Bucket (r2://…)"], ["path", "Folder on this pod"]] }),
-    dataset: field({ label: "Dataset location", name: "dataset", hint: "Images with same-named .txt captions.", attrs: { required: true } }),
-    base_model: field({ label: "Base model", name: "base_model", control: "select", options: [...BASE_MODELS.map((m) => [m, m]), ["custom", "custom path…"]] }),
-    base_model_path: field({ label: "Base model path", name: "base_model_path", attrs: { placeholder: "/workspace/models/base" } }),
-    arch: field({ label: "Architecture of the custom model", name: "arch", control: "select", options: [["flux", "flux"], ["sdxl", "sdxl"], ["sd15", "sd15"]] }),
-    steps: field({ label: "Steps", name: "steps", type: "number", attrs: { min: 1, max: 100000, placeholder: "2000" } }),
+    dataset_kind: field({
+      label: "Dataset from",
+      name: "dataset_kind",
+      control: "select",
+      options: [
+        ["url", "URL of an archive"],
+        ["uri", "Bucket (r2://…)"],
+        ["path", "Folder on this pod"],
+      ],
+    }),
+    dataset: field({
+      label: "Dataset location",
+      name: "dataset",
+      hint: "Images with same-named .txt captions.",
+      attrs: { required: true },
+    }),
+    base_model: field({
+      label: "Base model",
+      name: "base_model",
+      control: "select",
+      options: [...BASE_MODELS.map((m) => [m, m]), ["custom", "custom path…"]],
+    }),
+    base_model_path: field({
+      label: "Base model path",
+      name: "base_model_path",
+      attrs: { placeholder: "/workspace/models/base" },
+    }),
+    arch: field({
+      label: "Architecture of the custom model",
+      name: "arch",
+      control: "select",
+      options: [
+        ["flux", "flux"],
+        ["sdxl", "sdxl"],
+        ["sd15", "sd15"],
+      ],
+    }),
+    steps: field({
+      label: "Steps",
+      name: "steps",
+      type: "number",
+      attrs: { min: 1, max: 100000, placeholder: "2000" },
+    }),
     trigger_word: field({ label: "Trigger word", name: "trigger_word", attrs: { placeholder: "optional" } }),
   };
   const adv = {
-    learning_rate: field({ label: "Learning rate", name: "learning_rate", attrs: { placeholder: "1e-4", inputmode: "decimal" } }),
+    learning_rate: field({
+      label: "Learning rate",
+      name: "learning_rate",
+      attrs: { placeholder: "1e-4", inputmode: "decimal" },
+    }),
     rank: field({ label: "Rank", name: "rank", type: "number", attrs: { min: 1, max: 256, placeholder: "16" } }),
     alpha: field({ label: "Alpha", name: "alpha", type: "number", attrs: { min: 1, max: 256, placeholder: "= rank" } }),
     resolutions: field({ label: "Resolutions", name: "resolutions", attrs: { placeholder: "512, 768, 1024" } }),
-    batch_size: field({ label: "Batch size", name: "batch_size", type: "number", attrs: { min: 1, max: 64, placeholder: "1" } }),
-    caption_ext: field({ label: "Caption extension", name: "caption_ext", control: "select", options: CAPTION_EXTS.map((x) => [x, x]) }),
-    optimizer: field({ label: "Optimizer", name: "optimizer", control: "select", options: OPTIMIZERS.map((x) => [x, x]) }),
-    sample_prompts: field({ label: "Sample prompts (one per line)", name: "sample_prompts", control: "textarea", attrs: { rows: 3 } }),
-    sample_every: field({ label: "Sample every (steps, 0 = never)", name: "sample_every", type: "number", attrs: { min: 0, placeholder: "250" } }),
-    save_every: field({ label: "Save every (steps)", name: "save_every", type: "number", attrs: { min: 1, placeholder: "250" } }),
-    upload_intermediate: field({ label: "Upload intermediate checkpoints", name: "upload_intermediate", type: "checkbox" }),
+    batch_size: field({
+      label: "Batch size",
+      name: "batch_size",
+      type: "number",
+      attrs: { min: 1, max: 64, placeholder: "1" },
+    }),
+    caption_ext: field({
+      label: "Caption extension",
+      name: "caption_ext",
+      control: "select",
+      options: CAPTION_EXTS.map((x) => [x, x]),
+    }),
+    optimizer: field({
+      label: "Optimizer",
+      name: "optimizer",
+      control: "select",
+      options: OPTIMIZERS.map((x) => [x, x]),
+    }),
+    sample_prompts: field({
+      label: "Sample prompts (one per line)",
+      name: "sample_prompts",
+      control: "textarea",
+      attrs: { rows: 3 },
+    }),
+    sample_every: field({
+      label: "Sample every (steps, 0 = never)",
+      name: "sample_every",
+      type: "number",
+      attrs: { min: 0, placeholder: "250" },
+    }),
+    save_every: field({
+      label: "Save every (steps)",
+      name: "save_every",
+      type: "number",
+      attrs: { min: 1, placeholder: "250" },
+    }),
+    upload_intermediate: field({
+      label: "Upload intermediate checkpoints",
+      name: "upload_intermediate",
+      type: "checkbox",
+    }),
   };
   const all = { ...f, ...adv };
   const submit = h("button", { type: "submit", class: "podkit-primary" }, "Start training");
   const status = statusLine();
-  const advanced = h("details", { class: "podkit-advanced" }, h("summary", {}, "Advanced settings"), Object.values(adv).map((x) => x.wrap));
+  const advanced = h(
+    "details",
+    { class: "podkit-advanced" },
+    h("summary", {}, "Advanced settings"),
+    Object.values(adv).map((x) => x.wrap),
+  );
   const form = h(
     "form",
     { class: "podkit-form", "aria-label": "Launch a training", novalidate: true },
@@ -83,7 +163,16 @@ function trainingRow(controller, onError, detailOf) {
   const chart = h("div", { class: "podkit-chart-wrap" });
   const log = h("pre", { class: "podkit-log", tabindex: "0", "aria-label": "Log tail" });
   const panel = h("div", { class: "podkit-job-details", hidden: true }, chart, log);
-  const el = h("li", { class: "podkit-row" }, h("div", { class: "podkit-row-head" }, name, pill, details, action), bar.el, line, extra, err, panel);
+  const el = h(
+    "li",
+    { class: "podkit-row" },
+    h("div", { class: "podkit-row-head" }, name, pill, details, action),
+    bar.el,
+    line,
+    extra,
+    err,
+    panel,
+  );
   panel.id = `podkit-training-details-${Math.random().toString(36).slice(2, 10)}`;
   details.setAttribute("aria-controls", panel.id);
   let job = null;
@@ -131,8 +220,7 @@ function trainingRow(controller, onError, detailOf) {
       el.dataset.status = next.status;
       el.dataset.id = next.id;
       setText(name, next.name || next.id);
-      setText(pill, next.status);
-      pill.className = `podkit-pill podkit-pill-${next.status}`;
+      setPill(pill, next.status);
       setText(action, active ? "Cancel" : "Remove");
       action.setAttribute("aria-label", `${active ? "Cancel" : "Remove"} training ${next.name}`);
       details.setAttribute("aria-label", `Details of training ${next.name}`);
@@ -144,12 +232,12 @@ function trainingRow(controller, onError, detailOf) {
       setText(line, text);
       const ds = next.dataset;
       const bits = [];
-      if (ds && Number.isFinite(ds.images)) bits.push(`${ds.images} images${ds.missing_captions ? `, ${ds.missing_captions} without caption` : ""}`);
+      if (ds && Number.isFinite(ds.images))
+        bits.push(`${ds.images} images${ds.missing_captions ? `, ${ds.missing_captions} without caption` : ""}`);
       if (next.lora_uri) bits.push(`→ ${next.lora_uri}`);
       if (!active && next.finished) bits.push(formatAgo(next.finished, Date.now() / 1000));
       setText(extra, bits.join(" · "));
-      setText(err, next.error || "");
-      err.hidden = !next.error;
+      setErrorText(err, next.error);
       if (!panel.hidden && detail && detail !== shownDetail) {
         shownDetail = detail;
         chart.replaceChildren(lossChart(document, detail.loss || [], { label: `Loss of ${next.name}` }));
@@ -191,7 +279,13 @@ export function trainingSection(controller) {
       const { active, finished } = trainingGroups(state);
       const jobs = [...active, ...finished.slice(0, 30)];
       latest = state;
-      syncList(list, rows, jobs, (j) => j.id, () => trainingRow(controller, onError, detailOf));
+      syncList(
+        list,
+        rows,
+        jobs,
+        (j) => j.id,
+        () => trainingRow(controller, onError, detailOf),
+      );
       empty.hidden = jobs.length > 0;
       frame.setBadge(active.length ? `${active.length} active` : "");
       if (state.training.error) loadError.fail(`Training: ${state.training.error}`);
