@@ -270,6 +270,34 @@ def test_happy_path_zip_url_to_uploaded_lora(rig: Rig, web: FaultServer) -> None
         svc.get(job.id)
 
 
+def test_large_lora_goes_up_in_parts(tmp_path: Path, s3_server: Any) -> None:
+    """Above the multipart threshold the LoRA is uploaded in parts; ETag and sha256 are recorded."""
+    store = S3Store(
+        s3_server.endpoint_url,
+        region=s3_server.region,
+        access_key_id=s3_server.access_key,
+        secret_access_key=s3_server.secret_key,
+        multipart_threshold=5 * 2**20,
+        part_size=5 * 2**20,
+    )
+    bucket = f"loras-{uuid.uuid4().hex[:10]}"
+    store.ensure_bucket(bucket)
+    rig = Rig(tmp_path, store, bucket)
+    try:
+        svc = rig.service(pad_mb="12")
+        job = svc.submit(request("big", dataset={"path": str(rig.dataset)}, steps=5))
+        done = wait_for(finished(svc, job.id), "the big job")
+        assert done.status == "done", done.error
+        assert done.lora_bytes is not None and done.lora_bytes > 12 * 2**20
+        meta = store.head(ObjectRef(bucket, "big.safetensors"))
+        assert meta.size == done.lora_bytes and done.lora_etag == meta.etag
+        assert meta.etag.strip('"').endswith("-3")  # three 5 MiB parts: a multipart upload's ETag
+        assert meta.sha256 == done.lora_sha256 == hashlib.sha256(done.final_path.read_bytes()).hexdigest()
+    finally:
+        rig.close()
+        store.close()
+
+
 def test_crash_at_step_n_fails_with_the_reason(rig: Rig) -> None:
     svc = rig.service(crash_at="7")
     job = svc.submit(request("crashy", dataset={"path": str(rig.dataset)}))

@@ -23,6 +23,7 @@ Faults on request (environment variables, so a test controls the trainer PodKit 
                              (so a real ComfyUI model matches it); values are fresh, seeded
     FAKE_AITK_SEED           seed of the random values (default 0)
     FAKE_AITK_UP_STD         std of the lora_B/lora_up values (default 0.02)
+    FAKE_AITK_PAD_MB         add a zero-filled LoRA module of about this many MiB (large files)
     FAKE_AITK_PRINT_ENV      1: print the names of the environment variables it was given
 """
 
@@ -44,6 +45,7 @@ import yaml
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp"}
 _DTYPES = {"F16": ("e", 2), "F32": ("f", 4), "BF16": (None, 2)}
+PAD_TENSOR = "transformer.proj_out.lora_A.weight"
 
 
 def env_int(name: str) -> int | None:
@@ -95,6 +97,9 @@ def lora_tensors(rank: int, dtype: str) -> dict[str, tuple[list[int], str]]:
             base = f"transformer.single_transformer_blocks.{block}.attn.{proj}"
             out[f"{base}.lora_A.weight"] = ([rank, hidden], dtype)
             out[f"{base}.lora_B.weight"] = ([hidden, rank], dtype)
+    pad_mb = env_int("FAKE_AITK_PAD_MB")
+    if pad_mb:  # a large module of zeros: a LoRA big enough for multipart uploads, made in no time
+        out[PAD_TENSOR] = ([rank, pad_mb * 2**20 // (rank * _DTYPES[dtype][1])], dtype)
     return out
 
 
@@ -110,7 +115,9 @@ def write_safetensors(
     for name, (shape, dtype) in tensors.items():
         fan_in = shape[-1] if shape else 1
         std = up_std if ("lora_B" in name or "lora_up" in name) else 1.0 / math.sqrt(max(fan_in, 1))
-        if name.endswith(".alpha"):  # network.linear_alpha, as a scalar tensor
+        if name == PAD_TENSOR:
+            data = bytes(math.prod(shape) * _DTYPES[dtype][1])
+        elif name.endswith(".alpha"):  # network.linear_alpha, as a scalar tensor
             fmt, _ = _DTYPES[dtype]
             data = struct.pack(f"<{fmt}", float(alpha)) if fmt else struct.pack("<f", float(alpha))[2:]
         else:
