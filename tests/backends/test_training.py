@@ -310,6 +310,36 @@ def test_crash_at_step_n_fails_with_the_reason(rig: Rig) -> None:
     assert rig.refreshes == 0
 
 
+def test_exit_0_without_a_final_lora_fails(rig: Rig) -> None:
+    svc = rig.service(no_final="1")
+    job = svc.submit(request("empty_handed", dataset={"path": str(rig.dataset)}, steps=5))
+    done = wait_for(finished(svc, job.id), "the job")
+    assert done.status == "failed"
+    assert "exited without a valid final LoRA" in (done.error or "") and "empty_handed.safetensors" in (
+        done.error or ""
+    )
+    assert rig.objects() == []
+
+
+def test_a_trainer_that_cannot_start_fails_the_job(rig: Rig) -> None:
+    svc = TrainingService(
+        StateDB(rig.tmp / "other.sqlite3"),
+        rig.store,
+        AiToolkitBackend(FAKE_AI_TOOLKIT, python=str(rig.tmp / "no-such-python")),
+        TrainingOptions(
+            training_dir=rig.tmp / "t", lora_bucket=rig.bucket, roots=(rig.volume,), poll_interval=0.05
+        ),
+    )
+    svc.start()
+    try:
+        job = svc.submit(request("nopython", dataset={"path": str(rig.dataset)}))
+        done = wait_for(finished(svc, job.id), "the job")
+        assert done.status == "failed" and "cannot start the trainer" in (done.error or "")
+    finally:
+        svc.close()
+        svc.db.close()
+
+
 def test_hang_then_cancel_kills_the_process_group(rig: Rig) -> None:
     pid_file = rig.tmp / "pids"
     svc = rig.service(hang_at="5", ignore_term="1", child="1", pid_file=str(pid_file), step_delay="0")
