@@ -184,14 +184,22 @@ def test_a_download_event_updates_the_open_tab(
     assert podkit_errors(log) == []
 
 
-def test_a_finished_prompt_shows_in_the_monitor(
+def test_a_finished_prompt_shows_in_the_monitor_and_the_outbox(
     comfy_page: tuple[Any, PageLog], comfy_panel_server: Any, tmp_path: Path
 ) -> None:
     from support import workflows as wf
 
     page, log = comfy_page
     before = page.locator("#podkit-sec-monitor .podkit-stats dd").first.inner_text()
-    prompt = wf.txt2img("tiny_sd15.safetensors", seed=7, steps=1)
+    save = (
+        "PodKitSaveToR2",
+        {
+            "filename_prefix": "panel",
+            "key_template": "{prefix}/{prompt_id}_{batch:02d}.png",
+            "url_mode": "none",
+        },
+    )
+    prompt = wf.txt2img("tiny_sd15.safetensors", seed=7, steps=1, save_node=save)
     # playwright's sync API keeps an event loop in this thread; the client runs in another
     with ThreadPoolExecutor(1) as pool:
         result = pool.submit(comfy_panel_server.client.run_workflow, prompt, timeout=300).result()
@@ -201,4 +209,7 @@ def test_a_finished_prompt_shows_in_the_monitor(
     page.wait_for_selector("#podkit-sec-monitor svg rect.podkit-chart-bar")
     assert page.locator("#podkit-sec-monitor .podkit-stats dd").first.inner_text() != before
     page.locator("#podkit-sec-monitor").screenshot(path=str(shot_dir(tmp_path) / "comfy-monitor.png"))
+    # the Save to R2 node's upload went through the outbox: podkit.upload events count it and toast it
+    page.wait_for_selector("#podkit-sec-outbox >> text=/done 1/", timeout=30_000)
+    page.wait_for_selector(f"text=outputs/panel/{result.prompt_id}_00.png", timeout=10_000)
     assert podkit_errors(log) == []
