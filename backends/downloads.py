@@ -138,6 +138,7 @@ class DownloadJob:
     eta: float | None = None
     stop: str | None = None  # "pause" or "cancel" while the task is being stopped
     keys: list[str] = field(default_factory=list)  # per file: its partial/lock/index key
+    forced_at: float = 0.0  # when force was asked: partial files older than this are discarded
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     _sample: tuple[float, int] = (0.0, 0)
     _emitted: float = 0.0
@@ -350,10 +351,11 @@ class DownloadService:
             job.error = state.get("error")
             job.files = [FileState(**f) for f in state.get("files") or [] if isinstance(f, dict)]
             job.keys = [str(k) for k in state.get("keys") or []]
+            job.forced_at = float(state.get("forced_at") or 0.0)
             self._jobs[job.id] = job
 
     def _save(self, job: DownloadJob) -> None:
-        state = {**job.to_wire(), "keys": job.keys}
+        state = {**job.to_wire(), "keys": job.keys, "forced_at": job.forced_at}
         with self.db.transaction() as c:
             c.execute(
                 "INSERT INTO downloads (id, key, item, force, status, created, updated, state) "
@@ -396,6 +398,7 @@ class DownloadService:
                     job = DownloadJob(id=uuid.uuid4().hex[:16], key=key, item=item)
                     self._jobs[job.id] = job
                 job.force = force
+                job.forced_at = time.time() if force else 0.0
                 job.status, job.error, job.stop = "queued", None, None
                 job.files, job.speed, job.eta = [], 0.0, None
             self._changed(job)
@@ -614,7 +617,11 @@ class DownloadService:
         beat = asyncio.ensure_future(_heartbeat(lock))
         try:
             if job.force:
-                discard_partial(self._partial(key))
+                # a forced download starts from zero once; after a restart it resumes its own bytes
+                part = self._partial(key)
+                with contextlib.suppress(FileNotFoundError):
+                    if part.stat().st_mtime < job.forced_at:
+                        discard_partial(part)
                 self._index_path(key).unlink(missing_ok=True)
             elif await asyncio.to_thread(self._already_present, job, state, rf, key):
                 return

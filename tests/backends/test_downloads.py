@@ -465,3 +465,21 @@ def test_closing_the_service_ends_a_blocking_fetch_with_a_clear_error(
     assert not worker.is_alive()
     assert len(outcome) == 1 and isinstance(outcome[0], TransferFailed) and "stopped" in str(outcome[0])
     assert not list((tmp_path / "ds").glob("*"))  # no half-written file left in the caller's folder
+
+
+def test_a_forced_download_resumes_its_own_bytes_after_a_pause(h: Harness, server: FaultServer) -> None:
+    data = safetensors_bytes(LORA_KEYS, 24 * MiB)
+    server.add("/f.safetensors", data)
+    assert h.run(url=server.url("/f.safetensors")).status == "done"
+    first = server.bytes_sent
+    server.throttle_bps = MiB
+    job = h.submit(force=True, url=server.url("/f.safetensors"))
+    wait_for(lambda: h.svc.get(job.id).bytes_done > 6 * MiB)
+    h.svc.pause(job.id)
+    wait_for(lambda: h.svc.get(job.id).status == "paused")
+    server.throttle_bps = None
+    h.svc.resume(job.id)
+    (done,) = h.svc.wait([job.id], timeout=60)
+    assert done.status == "done", done.error
+    assert server.bytes_sent - first - len(data) <= MIN_PIECE  # the forced run resumed, not restarted
+    assert (h.models / "loras/f.safetensors").read_bytes() == data
