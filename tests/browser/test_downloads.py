@@ -137,3 +137,33 @@ def test_pause_resume_and_cancel_a_download(
     history.get_by_role("button", name="Remove download slow.safetensors").click()
     history.wait_for(state="detached")
     page_clean()
+
+
+def test_a_pasted_manifest_queues_every_item(panel: Any, file_server: Any, page_clean: Any) -> None:
+    page = panel
+    for name in ("m_one", "m_two"):
+        file_server.add(f"/manifest/{name}.safetensors", tiny_safetensors(1024))
+    manifest = "\n".join(
+        ["loras:"] + [f"  - url: {file_server.url(f'/manifest/{n}.safetensors')}" for n in ("m_one", "m_two")]
+    )
+    form = page.locator("form[aria-label='Add a download']")
+    form.get_by_label("Source").select_option("manifest")
+    assert form.get_by_label("URL", exact=True).is_hidden()
+    form.get_by_role("button", name="Add download").click()
+    assert "Paste a manifest" in form.locator(".podkit-field-error:visible").inner_text()
+    form.get_by_label("Manifest (YAML or JSON)").fill(manifest)
+    form.get_by_role("button", name="Add download").click()
+    page.wait_for_selector("#podkit-sec-downloads >> text=Queued 2 downloads.")
+    history = page.locator("ul[aria-label='Download history']")
+    for name in ("m_one", "m_two"):
+        history.locator("li[data-status='done']", has_text=f"{name}.safetensors").wait_for(timeout=60_000)
+        assert f"→ loras/{name}.safetensors" in history.inner_text()
+    # a manifest the server refuses shows the server's message
+    form.get_by_label("Manifest (YAML or JSON)").fill(
+        "loras:\n  - url: ftp://example.invalid/x.safetensors\n"
+    )
+    form.get_by_role("button", name="Add download").click()
+    status = form.locator(".podkit-status-line.podkit-error")
+    status.wait_for()
+    assert "url" in status.inner_text().lower()
+    page_clean("400 /podkit/downloads")

@@ -61,7 +61,7 @@ def wait_status(row: Any, wanted: set[str], timeout: float = 90) -> str:
     return status
 
 
-def test_launch_form_shows_a_message_per_field(panel: Any) -> None:
+def test_launch_form_shows_a_message_per_field(panel: Any, page_clean: Any) -> None:
     page = panel
     form = page.locator("form[aria-label='Launch a training']")
     form.get_by_label("LoRA name", exact=True).fill("bad name!")
@@ -86,6 +86,7 @@ def test_launch_form_shows_a_message_per_field(panel: Any) -> None:
         arg=status.element_handle(),
     )
     assert "dataset" in status.inner_text().lower()
+    page_clean("403 /podkit/training/jobs")
 
 
 def test_training_runs_to_done_with_progress_loss_and_log(
