@@ -328,6 +328,11 @@ class SpeedSample:
     def s_per_step_mp(self) -> float:
         return self.sampler_s / self.steps / self.megapixels
 
+    @property
+    def overhead_s(self) -> float:
+        """Everything but sampling: loading, text encoding, decoding, saving."""
+        return max(0.0, self.wall_s - self.sampler_s)
+
 
 def resolution_bucket(width: int, height: int) -> int:
     """The side of the square (a multiple of 128) closest to ``width × height`` pixels."""
@@ -352,16 +357,37 @@ class SpeedModel:
         mp = width * height / 1e6
         bucket = resolution_bucket(width, height)
         same = [s for s in self.samples if s.family == family]
-        exact = [s for s in same if resolution_bucket(s.width, s.height) == bucket]
-        if exact:
-            rate, overhead = self._fit(exact)
-            basis = f"measured {len(exact)} {family.value} run(s) at ~{bucket}²"
-        elif same:
-            rate, overhead = self._fit(same)
-            basis = f"measured {len(same)} {family.value} run(s) at other sizes, scaled by pixel count"
-        elif self.samples:
-            rate, overhead = self._fit(self.samples)
+        by_bucket: dict[int, list[SpeedSample]] = {}
+        for s in same:
+            by_bucket.setdefault(resolution_bucket(s.width, s.height), []).append(s)
+        if bucket in by_bucket:
+            per_step, overhead = self._fit(by_bucket[bucket])
+            return Prediction(
+                overhead + per_step * steps * mp / statistics.median(s.megapixels for s in by_bucket[bucket]),
+                f"measured {len(by_bucket[bucket])} {family.value} run(s) at ~{bucket}²",
+            )
+        if same:
+            # per-bucket medians (robust to a noisy run), then piecewise-linear in pixel count
+            # between measured sizes; outside them, the nearest size scaled by pixel count
+            points = sorted((b, *self._fit(group), statistics.median(s.megapixels for s in group))
+                            for b, group in by_bucket.items())  # fmt: skip
+            below = [p for p in points if p[3] < mp]
+            above = [p for p in points if p[3] > mp]
+            if below and above:
+                lo, hi = below[-1], above[0]
+                f = (mp - lo[3]) / (hi[3] - lo[3])
+                per_step = lo[1] + f * (hi[1] - lo[1])
+                overhead = lo[2] + f * (hi[2] - lo[2])
+                basis = f"interpolated between measured {family.value} runs at ~{lo[0]}² and ~{hi[0]}²"
+            else:
+                near = below[-1] if below else above[0]
+                per_step, overhead = near[1] * mp / near[3], near[2]
+                basis = f"measured {len(same)} {family.value} run(s) at ~{near[0]}², scaled by pixel count"
+            return Prediction(overhead + per_step * steps, basis)
+        if self.samples:
             # the median family cost of what was measured stands in for their mix
+            rate = statistics.median(s.s_per_step_mp for s in self.samples)
+            overhead = statistics.median(s.overhead_s for s in self.samples)
             measured_cost = statistics.median(FAMILY_COST[s.family] for s in self.samples)
             rate *= FAMILY_COST[family] / measured_cost
             basis = (
@@ -374,9 +400,11 @@ class SpeedModel:
 
     @staticmethod
     def _fit(samples: Sequence[SpeedSample]) -> tuple[float, float]:
-        rate = statistics.median(s.s_per_step_mp for s in samples)
-        overhead = statistics.median(max(0.0, s.wall_s - s.sampler_s) for s in samples)
-        return rate, overhead
+        """Median seconds per step and median overhead of samples of one size."""
+        return (
+            statistics.median(s.sampler_s / s.steps for s in samples),
+            statistics.median(s.overhead_s for s in samples),
+        )
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,24 @@ def test_speed_model_same_bucket_then_scaled_by_pixels() -> None:
     assert model.predict(Family.SD15, 1024, 1024, 10).seconds == pytest.approx(1.0 + 16.0)
 
 
+def test_speed_model_interpolates_between_measured_sizes() -> None:
+    # per step: 0.1 s at 512², 0.4 s at 1024²; overhead 1 s and 3 s
+    model = SpeedModel([sample(Family.SD15, 512, 10, 0.1, 1.0), sample(Family.SD15, 1024, 10, 0.4, 3.0)])
+    mid_side = 832  # its own bucket, between the two in pixel count
+    mp = mid_side * mid_side / 1e6
+    f = (mp - 0.262144) / (1.048576 - 0.262144)
+    pred = model.predict(Family.SD15, mid_side, mid_side, 10)
+    assert pred.seconds == pytest.approx(1.0 + f * 2.0 + 10 * (0.1 + f * 0.3))
+    assert "interpolated between measured sd15 runs at ~512² and ~1024²" in pred.basis
+    # outside the measured sizes: the nearest one scaled by pixel count, its overhead kept
+    big = model.predict(Family.SD15, 2048, 2048, 10)
+    assert big.seconds == pytest.approx(3.0 + 10 * 0.4 * 4)
+    # a noisy run does not move a bucket's median much
+    noisy = SpeedModel([sample(Family.SD15, 512, 10, 0.1), sample(Family.SD15, 512, 10, 0.1),
+                        sample(Family.SD15, 512, 10, 5.0)])  # fmt: skip
+    assert noisy.predict(Family.SD15, 512, 512, 10).seconds == pytest.approx(1.0 + 1.0)
+
+
 def test_speed_model_carries_other_families_over_by_cost() -> None:
     model = SpeedModel([sample(Family.SD15, 512, 10, 0.2)])
     flux = model.predict(Family.FLUX, 512, 512, 10)
