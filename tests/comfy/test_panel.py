@@ -126,7 +126,7 @@ def test_tab_opens_with_every_section(comfy_page: tuple[Any, PageLog], tmp_path:
     assert podkit_errors(log) == []
 
 
-def test_rendering_again_into_the_same_element_leaves_one_panel(comfy_page: tuple[Any, PageLog]) -> None:
+def test_rendering_again_leaves_one_panel_and_a_reconnect_resyncs(comfy_page: tuple[Any, PageLog]) -> None:
     page, log = comfy_page
     # ComfyUI may call render(el) again with the old content still in el (issue #4372)
     page.evaluate(
@@ -138,6 +138,12 @@ def test_rendering_again_into_the_same_element_leaves_one_panel(comfy_page: tupl
         }"""
     )
     assert page.locator("#podkit-root").count() == 1
+    page.wait_for_selector("#podkit-root .podkit-conn[data-state='live']")
+    # after the socket reconnects, the panel re-reads everything over HTTP (events may have been missed)
+    with page.expect_request(lambda r: r.url.split("?")[0].endswith("/podkit/downloads")):
+        page.evaluate("() => window.app.api.dispatchEvent(new CustomEvent('reconnecting'))")
+        page.wait_for_selector("#podkit-root .podkit-conn[data-state='connecting']")
+        page.evaluate("() => window.app.api.dispatchEvent(new CustomEvent('reconnected'))")
     page.wait_for_selector("#podkit-root .podkit-conn[data-state='live']")
     assert podkit_errors(log) == []
 
