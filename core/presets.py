@@ -226,9 +226,11 @@ class PresetBook:
         self._vocabulary: tuple[frozenset[str], frozenset[str]] | None = None
 
     def set_vocabulary(self, samplers: Iterable[str], schedulers: Iterable[str]) -> None:
+        vocabulary = (frozenset(samplers), frozenset(schedulers))
         with self._lock:
-            self._vocabulary = (frozenset(samplers), frozenset(schedulers))
-            self._stamp = None  # validate again against the new lists
+            if vocabulary != self._vocabulary:
+                self._vocabulary = vocabulary
+                self._stamp = None  # validate again against the new lists
 
     def table(self) -> Table:
         """The merged, validated table.
