@@ -151,3 +151,31 @@ def test_timers_stop_once_the_panel_leaves_the_page(open_panel: Any) -> None:
     requests.clear()
     page.wait_for_timeout(6000)
     assert requests == [], f"a detached panel kept polling: {requests}"
+
+
+def test_cache_filled_by_another_process_shows_its_plan_and_purges(
+    open_panel: Any, control_plane: Any, screenshots: Path, page_clean: Any
+) -> None:
+    from podkit.core.model_cache import CacheKey, ModelCache
+
+    # another process on the volume (a ComfyUI worker loading a LoRA) puts a file into the shared cache
+    cache = ModelCache(control_plane.root / "cache", max_bytes=2**40)
+    data = b"\x00" * (3 * 2**20)
+    key = CacheKey.for_source("r2://loras/purge_me.safetensors", "etag-1", ".safetensors")
+    path = cache.ensure(key, lambda tmp: tmp.write_bytes(data) and None, size=len(data))
+    assert path.is_file()
+    page = open_panel()
+    stats = page.locator("#podkit-sec-cache .podkit-cache-block").first
+    stats.locator("dd", has_text="3.00 MiB of 100 GiB").wait_for()
+    assert "Entries1" in stats.inner_text().replace("\n", "")
+    page.get_by_label("Shrink the model cache to").fill("0")
+    page.click("text=Show eviction plan")
+    plan = page.locator("ul[aria-label='Entries the purge would remove']")
+    plan.locator("text=r2://loras/purge_me.safetensors").wait_for()
+    assert "Would remove 1 entry, freeing 3.00 MiB" in page.locator("#podkit-sec-cache").inner_text()
+    shot(page, screenshots, "cache-plan")
+    page.get_by_role("button", name="Purge 1 entry (3.00 MiB)").click()
+    page.wait_for_selector("#podkit-sec-cache >> text=Removed 1 entry, freed 3.00 MiB.")
+    stats.locator("dd", has_text="0 B of 100 GiB").wait_for()
+    assert not path.exists()
+    page_clean()

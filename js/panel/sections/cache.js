@@ -126,7 +126,8 @@ function evictionForm(controller) {
       async () => {
         const answer = await controller.api.evict(planned);
         const done = answer.evicted || {};
-        status.ok(`Removed ${(done.entries || []).length} entries, freed ${formatBytes(done.freed_bytes)}.`);
+        const n = (done.entries || []).length;
+        status.ok(`Removed ${n} entr${n === 1 ? "y" : "ies"}, freed ${formatBytes(done.freed_bytes)}.`);
         reset();
         controller.load("cache");
       },
