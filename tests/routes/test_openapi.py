@@ -45,7 +45,13 @@ def _template(path: str) -> str:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
-    svc = make_services(tmp_path_factory.mktemp("openapi"))
+    # Fuzzed download requests become real jobs: keep their Hub/CivitAI lookups on a closed
+    # loopback port instead of the internet.
+    svc = make_services(
+        tmp_path_factory.mktemp("openapi"),
+        PODKIT_HF_ENDPOINT="http://127.0.0.1:9",
+        PODKIT_CIVITAI_BASE_URL="http://127.0.0.1:9",
+    )
     with LiveApp(lambda: _app_for(svc)) as live:
         yield live
     svc.close()
