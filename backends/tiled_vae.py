@@ -199,19 +199,20 @@ class RunningStats:
 
     def add(self, x: torch.Tensor) -> None:
         """Fold in a band ``[1, C, rows, W]``."""
-        # Per channel first (each channel's rows are contiguous, so this is one fast pass), then
-        # channels into groups: equal counts, so group mean = mean of means and
-        # group variance = mean of variances + variance of means.
-        var_c, mean_c = torch.var_mean(x[0].float(), dim=(1, 2), unbiased=False)
-        var_c = var_c.double().cpu().reshape(self.groups, -1)
-        mean_c = mean_c.double().cpu().reshape(self.groups, -1)
-        mean = mean_c.mean(dim=1)
-        var = var_c.mean(dim=1) + ((mean_c - mean[:, None]) ** 2).mean(dim=1)
-        n = x[0].numel() // self.groups
-        total = self.n + n
+        # Per-channel sums and sums of squares (one vectorised pass each, no temporaries; each
+        # channel's rows are contiguous), then channels into groups in float64. Welford-style
+        # var_mean costs twice a whole GroupNorm here.
+        band = x[0].float()
+        n = band[0].numel()
+        sums = band.sum(dim=(1, 2)).double().cpu().reshape(self.groups, -1)  # cascade sums: accurate
+        squares = torch.linalg.vector_norm(band, dim=(1, 2)).double().cpu().reshape(self.groups, -1)
+        count = n * sums.shape[1]
+        mean = sums.sum(dim=1) / count
+        var = ((squares**2).sum(dim=1) / count - mean**2).clamp_min(0.0)
+        total = self.n + count
         delta = mean - self.mean
-        self.mean += delta * (n / total)
-        self.m2 += var * n + delta**2 * (self.n * n / total)
+        self.mean += delta * (count / total)
+        self.m2 += var * count + delta**2 * (self.n * count / total)
         self.n = total
 
     def affine(self, norm: nn.GroupNorm, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -374,8 +375,7 @@ class TiledDecoder:
         run = _Run(
             self,
             storage,
-            band_px,
-            h * s,
+            max(1, int(band_px * w * s * self.bytes_per_row_px())),
             progress,
             batch * (self.dec.head_cost(h, w) + self.dec.body_cost(h, w)),
         )
@@ -408,8 +408,7 @@ class _Run:
 
     owner: TiledDecoder
     storage: torch.device
-    band_px: int
-    out_height: int
+    budget: int  # bytes of one band's temporaries, at every layer
     progress: Progress | None
     total_cost: int
     done_cost: int = 0
@@ -420,8 +419,10 @@ class _Run:
         if self.progress is not None:
             self.progress(self.done_cost // _COST_UNIT, max(1, self.total_cost // _COST_UNIT))
 
-    def _rows(self, height: int) -> list[tuple[int, int]]:
-        return row_bands(height, layer_rows(self.band_px, height, self.out_height))
+    def _rows(self, height: int, width: int, conv: Any) -> list[tuple[int, int]]:
+        elt = torch.empty((), dtype=self.owner.dtype).element_size()
+        per_row = (conv.in_channels + 2 * conv.out_channels) * width * elt
+        return row_bands(height, layer_rows(self.budget, height, per_row))
 
     def _band_in(self, src: torch.Tensor, a: int, b: int, upsample: bool) -> tuple[torch.Tensor, int]:
         """Input rows a 3×3 convolution needs for output rows ``a:b`` (on the device), and their start."""
@@ -454,7 +455,7 @@ class _Run:
             if pre
             else None
         )
-        for a, b in self._rows(height):
+        for a, b in self._rows(height, dst.shape[3], conv):
             part, lo = self._band_in(src, a, b, upsample)
             if affine is not None:
                 part = F.silu(torch.addcmul(affine[1], part, affine[0]), inplace=True)

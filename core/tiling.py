@@ -5,8 +5,8 @@ over horizontal *bands* of rows. A band reads one extra row above and below (the
 reach) and writes only its own rows, so bands never overlap in the output and need no blending:
 the result equals a full decode, and so does every GroupNorm statistic, accumulated band by band.
 
-Sizes here are in rows of the layer being computed, or in output pixels (``band_px``) for the
-whole decode; a layer at a lower resolution gets proportionally fewer rows per band.
+``band_px`` is a band's height at the widest full-resolution layer; it sets one byte budget for a
+band's temporaries that every layer shares (a narrower, lower-resolution layer gets more rows).
 """
 
 from __future__ import annotations
@@ -33,11 +33,15 @@ def row_bands(length: int, rows: int) -> list[tuple[int, int]]:
     return [(length * i // count, length * (i + 1) // count) for i in range(count)]
 
 
-def layer_rows(band_px: int, layer_height: int, out_height: int) -> int:
-    """Rows per band at a layer of ``layer_height`` rows when the output has ``out_height``."""
-    if band_px <= 0 or layer_height <= 0 or out_height <= 0:
-        raise InvalidRequest("band sizes and heights must be positive")
-    return min(layer_height, max(MIN_ROWS, band_px * layer_height // out_height))
+def layer_rows(budget_bytes: int, height: int, bytes_per_row: int) -> int:
+    """Rows per band of a layer whose band costs ``bytes_per_row`` per row, within ``budget_bytes``.
+
+    Every layer gets the same byte budget, so low-resolution layers (narrow rows) run in few bands
+    or one, and pay for no halo rows.
+    """
+    if budget_bytes <= 0 or height <= 0 or bytes_per_row <= 0:
+        raise InvalidRequest("band budgets, heights and row costs must be positive")
+    return min(height, max(MIN_ROWS, budget_bytes // bytes_per_row))
 
 
 def choose_band(

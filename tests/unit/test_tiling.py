@@ -31,11 +31,11 @@ def test_bad_band_requests_are_refused(length: int, rows: int) -> None:
         row_bands(length, rows)
 
 
-def test_layer_rows_scale_with_resolution() -> None:
-    assert layer_rows(256, 1024, 1024) == 256
-    assert layer_rows(256, 128, 1024) == 32  # latent level: an eighth of the rows
-    assert layer_rows(8, 16, 1024) == MIN_ROWS  # never below the minimum
-    assert layer_rows(4096, 64, 512) == 64  # never more than the layer has
+def test_layer_rows_share_one_byte_budget() -> None:
+    assert layer_rows(64 * MiB, 1024, MiB) == 64
+    assert layer_rows(64 * MiB, 128, MiB // 8) == 128  # a narrow low-resolution layer: one band
+    assert layer_rows(MiB, 1024, MiB) == MIN_ROWS  # never below the minimum
+    assert layer_rows(2**40, 64, 1) == 64  # never more than the layer has
     with pytest.raises(InvalidRequest):
         layer_rows(0, 10, 10)
 
