@@ -11,6 +11,7 @@ performance monitor's history) and picks the best tier that fits the budget.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import threading
@@ -309,6 +310,8 @@ DEFAULT_S_PER_STEP_MP = 1.0  # for SD1.5; other families scale by FAMILY_COST
 DEFAULT_OVERHEAD_S = 5.0
 #: Measurements older than this many (newest first) are ignored by the speed model.
 MAX_SAMPLES = 200
+#: Newest measurements of one size the step fit uses (pairwise slopes grow quadratically).
+PAIR_SAMPLES = 40
 
 
 @dataclass(frozen=True)
@@ -363,7 +366,7 @@ class SpeedModel:
         for s in same:
             by_bucket.setdefault(resolution_bucket(s.width, s.height), []).append(s)
         if bucket in by_bucket:
-            per_step, overhead = self._fit(by_bucket[bucket])
+            per_step, overhead = self._fit(by_bucket[bucket])  # overhead includes the fixed part
             return Prediction(
                 overhead + per_step * steps * mp / statistics.median(s.megapixels for s in by_bucket[bucket]),
                 f"measured {len(by_bucket[bucket])} {family.value} run(s) at ~{bucket}²",
@@ -402,11 +405,24 @@ class SpeedModel:
 
     @staticmethod
     def _fit(samples: Sequence[SpeedSample]) -> tuple[float, float]:
-        """Median seconds per step and median overhead of samples of one size."""
-        return (
-            statistics.median(s.sampler_s / s.steps for s in samples),
-            statistics.median(s.overhead_s for s in samples),
-        )
+        """(seconds per step, fixed seconds) of samples of one size.
+
+        With several step counts, sampler time = fixed + slope × steps by the Theil–Sen estimator
+        (median of pairwise slopes: a noisy run cannot drag it), so a sampler call's fixed cost
+        (moving the model to the device, preparing noise) is not billed per step; the fixed part
+        joins the median overhead of the rest of the prompt. With one step count, seconds per step.
+        """
+        recent = samples[:PAIR_SAMPLES]
+        overhead = statistics.median(s.overhead_s for s in recent)
+        slopes = [
+            (b.sampler_s - a.sampler_s) / (b.steps - a.steps)
+            for a, b in itertools.combinations(recent, 2)
+            if a.steps != b.steps
+        ]
+        if slopes and (slope := statistics.median(slopes)) > 0:
+            fixed = statistics.median(s.sampler_s - slope * s.steps for s in recent)
+            return slope, overhead + max(0.0, fixed)
+        return statistics.median(s.sampler_s / s.steps for s in recent), overhead
 
 
 @dataclass(frozen=True)

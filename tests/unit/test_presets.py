@@ -177,6 +177,18 @@ def test_speed_model_interpolates_between_measured_sizes() -> None:
     assert noisy.predict(Family.SD15, 512, 512, 10).seconds == pytest.approx(1.0 + 1.0)
 
 
+def test_speed_model_separates_a_sampler_calls_fixed_cost_from_its_steps() -> None:
+    def run(steps: int, sampler_s: float) -> SpeedSample:
+        return SpeedSample(Family.SD15, 512, 512, steps, sampler_s, sampler_s + 0.5)
+
+    # sampler time = 1 s + 0.5 s per step; one run slowed down by something else
+    runs = [run(2, 2.0), run(4, 3.0), run(8, 5.0), run(4, 3.0), run(2, 9.0)]
+    pred = SpeedModel(runs).predict(Family.SD15, 512, 512, 6)
+    assert pred.seconds == pytest.approx(0.5 + 1.0 + 0.5 * 6)
+    # per-step billing would charge the fixed cost to every step: 2 steps ≠ a quarter of 8
+    assert SpeedModel(runs).predict(Family.SD15, 512, 512, 2).seconds == pytest.approx(0.5 + 1.0 + 1.0)
+
+
 def test_speed_model_carries_other_families_over_by_cost() -> None:
     model = SpeedModel([sample(Family.SD15, 512, 10, 0.2)])
     flux = model.predict(Family.FLUX, 512, 512, 10)
