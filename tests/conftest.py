@@ -50,3 +50,18 @@ def s3_gateway() -> Iterator[object]:
 def s3_server(s3_gateway: object) -> object:
     """The running server's endpoint and credentials (``rgw.S3Server``)."""
     return s3_gateway.start()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def chromium_browser() -> Iterator[object]:
+    """Headless Chromium for the browser tests (tests/browser, tests/comfy/test_panel.py). Module
+    scope on purpose: while playwright's sync API runs, its event loop counts as running in this
+    thread, which would break every asyncio test after it; it also allows one instance per thread.
+    Skips when chromium or playwright is missing."""
+    from browser_support import browser_session, missing_browser
+
+    reason = missing_browser()
+    if reason:
+        pytest.skip(reason)
+    with browser_session() as browser:
+        yield browser

@@ -33,7 +33,7 @@ SUPPORT = REPO / "tests" / "support"
 if str(SUPPORT) not in sys.path:
     sys.path.insert(0, str(SUPPORT))
 
-from browser_support import CHROMIUM_ARGS, PageLog, chromium_path, missing_browser, open_context, watch  # noqa: E402
+from browser_support import PageLog, missing_browser, open_context, watch  # noqa: E402
 from http_server import FaultServer, fault_server  # noqa: E402
 from rgw import free_ports  # noqa: E402
 
@@ -169,16 +169,9 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def browser(browser_ready: None) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+@pytest.fixture(scope="module")
+def browser(browser_ready: None, chromium_browser: Any) -> Any:
+    return chromium_browser
 
 
 def documented_paths(plane: ControlPlane) -> set[str]:

@@ -26,7 +26,7 @@ SUPPORT = Path(__file__).resolve().parents[1] / "support"
 if str(SUPPORT) not in sys.path:
     sys.path.insert(0, str(SUPPORT))
 
-from browser_support import CHROMIUM_ARGS, PageLog, chromium_path, missing_browser, open_context, watch  # noqa: E402
+from browser_support import PageLog, missing_browser, open_context, watch  # noqa: E402
 from http_server import FaultServer, fault_server  # noqa: E402
 
 TAB = "podkit-panel"
@@ -67,21 +67,17 @@ def files() -> Iterator[FaultServer]:
 
 
 @pytest.fixture(scope="module")
-def comfy_page(comfy_panel_server: Any) -> Iterator[tuple[Any, PageLog]]:
-    from playwright.sync_api import sync_playwright
-
+def comfy_page(comfy_panel_server: Any, chromium_browser: Any) -> Iterator[tuple[Any, PageLog]]:
     log = PageLog()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
-        try:
-            ctx = open_context(browser, log, width=1400, height=900)
-            page = ctx.new_page()
-            watch(page, log)
-            page.goto(comfy_panel_server.url + "/")
-            page.wait_for_function("() => !!(window.app && window.app.extensionManager)", timeout=120_000)
-            yield page, log
-        finally:
-            browser.close()
+    ctx = open_context(chromium_browser, log, width=1400, height=900)
+    try:
+        page = ctx.new_page()
+        watch(page, log)
+        page.goto(comfy_panel_server.url + "/")
+        page.wait_for_function("() => !!(window.app && window.app.extensionManager)", timeout=120_000)
+        yield page, log
+    finally:
+        ctx.close()
     # every outside request was aborted; ComfyUI's own frontend makes some (1.58 probes Hugging Face
     # for its default workflow's models), so only PodKit's are an error here (tests/browser, with
     # PodKit's code alone on the page, allows none at all)
@@ -140,9 +136,14 @@ def test_rendering_again_leaves_one_panel_and_a_reconnect_resyncs(comfy_page: tu
     assert page.locator("#podkit-root").count() == 1
     page.wait_for_selector("#podkit-root .podkit-conn[data-state='live']")
     # after the socket reconnects, the panel re-reads everything over HTTP (events may have been missed)
+    shown = page.evaluate(
+        """() => {
+          window.app.api.dispatchEvent(new CustomEvent('reconnecting'));
+          return document.querySelector('#podkit-root .podkit-conn').dataset.state;
+        }"""
+    )
+    assert shown == "connecting"
     with page.expect_request(lambda r: r.url.split("?")[0].endswith("/podkit/downloads")):
-        page.evaluate("() => window.app.api.dispatchEvent(new CustomEvent('reconnecting'))")
-        page.wait_for_selector("#podkit-root .podkit-conn[data-state='connecting']")
         page.evaluate("() => window.app.api.dispatchEvent(new CustomEvent('reconnected'))")
     page.wait_for_selector("#podkit-root .podkit-conn[data-state='live']")
     assert podkit_errors(log) == []

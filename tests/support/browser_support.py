@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,3 +85,16 @@ def watch(page: Any, log: PageLog) -> None:
     page.on(
         "response", lambda r: log.failed_responses.append(f"{r.status} {r.url}") if r.status >= 400 else None
     )
+
+
+@contextmanager
+def browser_session() -> Iterator[Any]:
+    """A launched headless Chromium (playwright's sync API allows one per thread: share it)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
