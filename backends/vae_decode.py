@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 #: Values sampled from every weight tensor for the fingerprint (plus names, shapes, dtypes).
 FINGERPRINT_SAMPLES = 64
 _fingerprints: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+_checked: weakref.WeakKeyDictionary[nn.Module, LdmDecoder | UnsupportedVAE] = weakref.WeakKeyDictionary()
 _fingerprints_lock = threading.Lock()
 
 
@@ -68,6 +69,26 @@ def weights_fingerprint(model: nn.Module) -> str:
     with _fingerprints_lock:
         _fingerprints[model] = digest
     return digest
+
+
+def checked_decoder(model: nn.Module) -> LdmDecoder:
+    """``LdmDecoder.from_model(model)``, checked once per model object (a cache hit stays cheap).
+
+    Raises:
+        UnsupportedVAE: as ``from_model`` does.
+    """
+    with _fingerprints_lock:
+        known = _checked.get(model)
+    if known is None:
+        try:
+            known = LdmDecoder.from_model(model)
+        except UnsupportedVAE as e:
+            known = e
+        with _fingerprints_lock:
+            _checked[model] = known
+    if isinstance(known, UnsupportedVAE):
+        raise UnsupportedVAE(str(known))
+    return known
 
 
 def vae_fingerprint(vae: Any) -> str:
@@ -155,7 +176,7 @@ def cached_decode(
             raise UnsupportedVAE(
                 f"a {samples.ndim - 2}-D latent (video/audio) is decoded by ComfyUI's tiled path"
             )
-        dec = LdmDecoder.from_model(vae.first_stage_model)
+        dec = checked_decoder(vae.first_stage_model)
     except UnsupportedVAE as e:
         reason = str(e)
     settings: dict[str, object] = (

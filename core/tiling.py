@@ -51,14 +51,14 @@ def choose_band(
     bytes_per_row_px: float,
     free_bytes: int,
     budget_fraction: float = 0.25,
-    max_bytes: int = 256 * 2**20,
+    max_bytes: int = 128 * 2**20,
 ) -> int:
     """The band height (output rows) whose working memory fits the budget.
 
     ``bytes_per_row_px`` is what one output pixel of a band costs in temporaries at the most
     expensive layer (input and output channels of its convolution times the element size). The
-    budget is ``budget_fraction`` of ``free_bytes``, capped at ``max_bytes``: beyond a few hundred
-    MiB larger bands buy no speed. Returns the whole height when it fits.
+    budget is ``budget_fraction`` of ``free_bytes``, capped at ``max_bytes``: beyond ~100 MiB
+    larger bands buy little speed and cost RAM. Returns the whole height when it fits.
 
     Raises:
         InvalidRequest: non-positive sizes.
