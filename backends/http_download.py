@@ -69,7 +69,7 @@ logger = logging.getLogger(__name__)
 
 #: Bytes gathered from the socket before one ``pwritev`` (fewer syscalls, no copies). Small
 #: enough that a kill loses little that arrived but was not yet written (N connections x this).
-WRITE_BATCH = 2**20
+WRITE_BATCH = 512 * 2**10
 #: Most buffers in one ``pwritev`` (below the kernel's IOV_MAX of 1024).
 MAX_IOV = 512
 _HASH_BLOCK = 8 * 2**20
@@ -110,6 +110,15 @@ class _RangesRefused(Exception):
     def __init__(self, response: aiohttp.ClientResponse | None = None) -> None:
         super().__init__("server answered a range request with the whole file")
         self.response = response
+
+
+def checkpoint_interval_bytes(piece: int) -> int:
+    """Bytes written between two checkpoints of the map: a quarter piece (at least 1 MiB).
+
+    With :meth:`_Transfer._keep_up_with_checkpoints` at most two intervals are unsaved, so a kill
+    fetches again about half a piece plus what the connections held in flight.
+    """
+    return max(2**20, piece // 4)
 
 
 def map_path(part: Path) -> Path:
@@ -453,7 +462,7 @@ class _Transfer:
         if self.expected_size is not None and m.size != self.expected_size:
             return None
         self.resumed_from = self.on_disk = m.bytes_done
-        self.checkpoint_every = max(2**20, m.piece // 2)
+        self.checkpoint_every = checkpoint_interval_bytes(m.piece)
         return m
 
     def _new_map(self, size: int, *, validator: str | None, ranges: bool = True) -> None:
@@ -465,7 +474,7 @@ class _Transfer:
         m.ranges = ranges
         self.map = m
         self.resumed_from = self.on_disk = 0
-        self.checkpoint_every = max(2**20, m.piece // 2)
+        self.checkpoint_every = checkpoint_interval_bytes(m.piece)
         self._open(truncate=True)
         self._check_space(size)
         self._preallocate(size)
@@ -530,6 +539,21 @@ class _Transfer:
         self.checkpointed = now
         done = list(self.map.done)  # taken *before* the fdatasync: these bytes are all written
         self.checkpointing = asyncio.get_running_loop().run_in_executor(None, self._save_map, done)
+
+    async def _keep_up_with_checkpoints(self) -> None:
+        """Wait while a checkpoint is running and ``checkpoint_every`` more bytes were written since.
+
+        Without this, a slow ``fdatasync`` (a busy disk, a network volume) lets the bytes written
+        past the last saved map grow without bound, and a kill fetches them all again; with it, at
+        most about two checkpoint intervals (half a piece) are unsaved at any time.
+        """
+        while (
+            self.checkpointing is not None
+            and not self.checkpointing.done()
+            and self.since_checkpoint >= self.checkpoint_every
+        ):
+            with contextlib.suppress(Exception):  # a failed checkpoint raises in _checkpoint_now
+                await asyncio.shield(self.checkpointing)
 
     def _save_map(self, done: list[int]) -> None:
         m = self.need_map()
@@ -697,6 +721,8 @@ class _Transfer:
                 if pending >= WRITE_BATCH or len(bufs) >= MAX_IOV or now - flushed >= FLUSH_INTERVAL:
                     pos = self._write(bufs, pos, pending, index)
                     bufs, pending, flushed = [], 0, now
+                    if index is not None:
+                        await self._keep_up_with_checkpoints()
         finally:
             if pending:
                 self._write(bufs, pos, pending, index)
