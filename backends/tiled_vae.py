@@ -154,7 +154,7 @@ class LdmDecoder:
             z = self.post_quant_conv(z)
         h = d.conv_in(z)
         h = d.mid.block_1(h, None)
-        h = d.mid.attn_1(h)
+        h = _attention(d.mid.attn_1, h)
         return d.mid.block_2(h, None)  # type: ignore[no-any-return]
 
     def head_cost(self, h: int, w: int) -> int:
@@ -182,6 +182,29 @@ class LdmDecoder:
             convs.append(d.up[1].upsample.conv)
         widest = max(convs, key=lambda c: c.in_channels + c.out_channels)
         return widest.in_channels, widest.out_channels
+
+
+_ATTN_PARTS = {"norm", "q", "k", "v", "proj_out"}
+
+
+def _attention(block: Any, x: torch.Tensor) -> torch.Tensor:
+    """The mid block's single-head self-attention over all latent pixels, in O(pixels) memory.
+
+    Same math as LDM's ``AttnBlock`` (``x + proj_out(softmax(q kᵀ / √C) v)``), through
+    ``scaled_dot_product_attention``'s fused kernels: ComfyUI's CPU path materialises the
+    pixels × pixels matrix (1 GiB at 1024², more than all of the banded decode's activations).
+    Any other attention module runs as it is.
+    """
+    names = {n for n, _ in block.named_children()}
+    if names != _ATTN_PARTS or not all(_is_conv(getattr(block, n), 1) for n in ("q", "k", "v", "proj_out")):
+        return block(x)  # type: ignore[no-any-return]
+    b, c, h, w = x.shape
+    n = block.norm(x)
+    q, k, v = (getattr(block, p)(n).reshape(b, 1, c, h * w).transpose(2, 3) for p in ("q", "k", "v"))
+    del n
+    a = F.scaled_dot_product_attention(q, k, v)
+    del q, k, v
+    return x + block.proj_out(a.transpose(2, 3).reshape(b, c, h, w))  # type: ignore[no-any-return]
 
 
 def _conv_cost(m: object, h: int, w: int) -> int:
