@@ -175,7 +175,22 @@ def _common_inputs() -> list[io.Input]:
     ]
 
 
-class PodKitSamplerPreset(io.ComfyNode):
+class _PresetInputs:
+    """What both preset nodes share: re-run only when the preset they would choose changes."""
+
+    @classmethod
+    def fingerprint_inputs(
+        cls,
+        tier: str | None = None,
+        time_budget_seconds: float | None = None,
+        quality: str | None = None,
+        family: str | None = None,
+        **_: Any,
+    ) -> str:
+        return _fingerprint(tier, family, time_budget_seconds, quality)
+
+
+class PodKitSamplerPreset(_PresetInputs, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -208,17 +223,6 @@ class PodKitSamplerPreset(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(
-        cls,
-        tier: str | None = None,
-        time_budget_seconds: float | None = None,
-        quality: str | None = None,
-        family: str | None = None,
-        **_: Any,
-    ) -> str:
-        return _fingerprint(tier, family, time_budget_seconds, quality)
-
-    @classmethod
     def execute(
         cls,
         tier: str,
@@ -245,7 +249,7 @@ class PodKitSamplerPreset(io.ComfyNode):
         )
 
 
-class PodKitPresetSampler(io.ComfyNode):
+class PodKitPresetSampler(_PresetInputs, io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -280,17 +284,6 @@ class PodKitPresetSampler(io.ComfyNode):
             outputs=[io.Latent.Output()],
             hidden=[io.Hidden.unique_id],
         )
-
-    @classmethod
-    def fingerprint_inputs(
-        cls,
-        tier: str | None = None,
-        time_budget_seconds: float | None = None,
-        quality: str | None = None,
-        family: str | None = None,
-        **_: Any,
-    ) -> str:
-        return _fingerprint(tier, family, time_budget_seconds, quality)
 
     @classmethod
     def execute(
