@@ -153,26 +153,25 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _start_download(base: str, tmp: Path, seconds: float) -> tuple[Any, str] | None:
+def _start_download(base: str, seconds: float) -> tuple[Any, str] | None:
     """A throttled local download that outlasts the load (None when the download routes are absent)."""
     if _request("GET", base + "/podkit/downloads")[0] == 404:
         return None
-    from http_server import RangeServer  # tests/support, put on sys.path by _bootstrap
+    from http_server import FaultServer  # tests/support, put on sys.path by _bootstrap
 
-    size = 4 * 2**30
-    src = tmp / "files"
-    src.mkdir()
-    with open(src / "big.safetensors", "wb") as f:
-        f.truncate(size)  # sparse: costs no disk, still read and hashed by the engine
-    rate = int(size / (seconds * 1.5) / 8)  # per connection, with 8 connections: lasts ~1.5× the load
-    server = RangeServer(src, rate_limit=rate).start()
+    size = 256 * 2**20
+    server = FaultServer()
+    server.add("/big.safetensors", os.urandom(size))
+    # Per connection; with PodKit's default connections per file the download lasts ~1.5x the load.
+    server.throttle_bps = max(2**20, int(size / (seconds * 1.5) / 8))
+    server.start()
     status, answer = _request(
         "POST",
         base + "/podkit/downloads",
-        {"url": f"{server.url}/big.safetensors", "type": "checkpoint", "name": "bench-big.safetensors"},
+        {"url": server.url("/big.safetensors"), "type": "checkpoint", "name": "bench-big.safetensors"},
     )
     if status != 202:
-        server.stop()
+        server.close()
         raise SystemExit(f"could not start the download: {status} {answer}")
     return server, answer["jobs"][0]["id"]
 
@@ -216,7 +215,7 @@ def main() -> int:
     try:
         _wait_up(base + ANCHOR, server)
         paths = [p for p in READ_ROUTES if _request("GET", base + p)[0] == 200] + [ANCHOR]
-        download = None if args.no_download else _start_download(base, tmp, args.seconds)
+        download = None if args.no_download else _start_download(base, args.seconds)
         if download is not None:
             file_server, job_id = download
         out = tmp / "load.json"
@@ -228,7 +227,7 @@ def main() -> int:
         server.terminate()
         server.wait(30)
         if file_server is not None:
-            file_server.stop()
+            file_server.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
     anchor_p99 = _percentile(result["latencies"][ANCHOR], 0.99)
