@@ -346,6 +346,7 @@ def test_kill_9_mid_download_then_a_new_process_resumes(tmp_path: Path, server: 
     finally:
         if child.poll() is None:
             child.kill()
+        child.communicate(timeout=10)  # reap it and close its pipes
     assert not (models / "loras/k.safetensors").exists()
     assert settled_bytes_sent(server) < len(data)
     server.throttle_bps = None
