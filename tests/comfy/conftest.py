@@ -595,3 +595,23 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line("ComfyUI server logs (kept with pytest's temp dirs):")
         for srv in _ALL:
             terminalreporter.write_line(f"  {srv.name}: {srv.log_path}")
+
+
+@pytest.fixture(scope="module")
+def s3(s3_server: Any) -> Any:
+    """A boto3 client on the test S3 server, configured as PodKit configures R2."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_server.endpoint_url,
+        aws_access_key_id=s3_server.access_key,
+        aws_secret_access_key=s3_server.secret_key,
+        region_name=s3_server.region,
+        config=Config(
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )

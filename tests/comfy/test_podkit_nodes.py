@@ -10,10 +10,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import boto3
 import numpy as np
 import pytest
-from botocore.config import Config
 from PIL import Image
 from support import workflows as wf
 from support.make_tiny_models import CHECKPOINT, LORA_A, LORA_B, LORA_NOMATCH
@@ -25,22 +23,6 @@ def decode(data: bytes) -> tuple[np.ndarray, dict[str, str]]:
     with Image.open(io.BytesIO(data)) as img:
         img.load()
         return np.asarray(img.convert("RGB"), dtype=np.int16), dict(getattr(img, "text", {}))
-
-
-@pytest.fixture(scope="module")
-def s3(s3_server: Any) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=s3_server.endpoint_url,
-        aws_access_key_id=s3_server.access_key,
-        aws_secret_access_key=s3_server.secret_key,
-        region_name=s3_server.region,
-        config=Config(
-            s3={"addressing_style": "path"},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        ),
-    )
 
 
 @pytest.fixture(scope="module")
