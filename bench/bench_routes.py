@@ -254,7 +254,9 @@ def main() -> int:
         "achieved_rps": result["sent"] / result["elapsed_s"],
         "p99_ms": _percentile(all_lat, 0.99) * 1e3,
         "errors": errors,
-        "download": None if job is None else {k: job.get(k) for k in ("status", "bytes_done", "speed_bps")},
+        "download": None
+        if job is None
+        else {k: job.get(k) for k in ("status", "bytes_done", "bytes_total", "speed")},
         "target_met": _percentile(all_lat, 0.99) <= 0.020 and errors == 0,
     }
     print_table(
