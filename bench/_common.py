@@ -1,6 +1,6 @@
 """Small helpers shared by the benches: a foreign-CPU guard, interleaving, statistics, output.
 
-Methodology (``/work/shared/design/PERF.md``): the anchor and PodKit run in the same process,
+Methodology (the design notes' `PERF.md`): the anchor and PodKit run in the same process,
 interleaved round by round (the order rotates every round), and only ratios measured in the same
 run are reported. Absolute numbers are printed for orientation only.
 

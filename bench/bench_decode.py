@@ -2,7 +2,7 @@
 
 Run with the ComfyUI venv::
 
-    /work/comfyui/venv/bin/python bench/bench_decode.py --comfy /work/comfyui [--sizes 512 1024] [--json PATH]
+    "$COMFYUI_PATH"/venv/bin/python bench/bench_decode.py [--sizes 512 1024] [--json PATH]
 
 (``--comfy`` defaults to ``$COMFYUI_PATH``.) The parent writes one random full-size SD1.x VAE
 (``AutoencoderKL``, ch 128, ch_mult 1,2,4,4, 83.7M params, N(0, 1/fan_in) weights, fp32) to a temp

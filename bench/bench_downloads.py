@@ -3,7 +3,7 @@
 Run with our venv (prerequisites: nginx, aria2c and curl on PATH, ``hf_transfer`` in the venv; see
 bench/README.md)::
 
-    /work/main/.venv/bin/python bench/bench_downloads.py [--size 2048] [--rounds 3] [--json PATH]
+    .venv/bin/python bench/bench_downloads.py [--size 2048] [--rounds 3] [--json PATH]
 
 A random ``--size`` MiB file lies in tmpfs (``/dev/shm``) and is served by nginx on 127.0.0.1 on
 two ports: one with ``limit_rate 100m`` (per connection, like a CDN) and one uncapped. Downloads go

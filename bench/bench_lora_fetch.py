@@ -2,7 +2,7 @@
 
 Run with our venv::
 
-    /work/main/.venv/bin/python bench/bench_lora_fetch.py [--size 256] [--rounds 3] [--json PATH]
+    .venv/bin/python bench/bench_lora_fetch.py [--size 256] [--rounds 3] [--json PATH]
 
 Starts a throw-away Ceph RADOS Gateway (tests/support/rgw.py), uploads a random ``--size`` MiB
 safetensors file (one big tensor named like a kohya LoRA tensor, so PodKit's header check passes)

@@ -2,7 +2,7 @@
 
 Run with the ComfyUI venv::
 
-    /work/comfy/venv/bin/python bench/bench_nodes_comfy.py --comfy /work/comfy/ComfyUI [--json PATH]
+    "$COMFYUI_PATH"/venv/bin/python bench/bench_nodes_comfy.py --comfy "$COMFYUI_PATH" [--json PATH]
 
 (``--comfy`` defaults to ``$COMFYUI_PATH``.) ComfyUI is imported in this process with
 ``args.cpu = True``; PodKit's services use a temporary local object store and are installed with

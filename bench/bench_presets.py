@@ -1,6 +1,6 @@
 """Prediction error of the time-budget preset chooser on a tiny model, in a real ComfyUI.
 
-    /work/main/.venv/bin/python bench/bench_presets.py --comfy /work/comfyui [--learn 6] [--measure 9]
+    .venv/bin/python bench/bench_presets.py --comfy "$COMFYUI_PATH" [--learn 6] [--measure 9]
         [--models DIR] [--json PATH]
 
 Starts ComfyUI (``--cpu``) with PodKit and the tiny SD1.5 checkpoint of

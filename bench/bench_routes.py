@@ -2,7 +2,7 @@
 
 Run with our venv::
 
-    /work/main/.venv/bin/python bench/bench_routes.py [--rate 200] [--seconds 30] [--json PATH]
+    .venv/bin/python bench/bench_routes.py [--rate 200] [--seconds 30] [--json PATH]
 
 Starts the standalone control plane in a child process (temp state, cache, models and local-store
 folders), plus ``GET /bench/ping`` — a handler that answers ``{}`` — as the anchor: the floor that

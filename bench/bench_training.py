@@ -2,7 +2,7 @@
 
 Run with our venv::
 
-    /work/main/.venv/bin/python bench/bench_training.py [--steps 300] [--lora-mb 64] [--rounds 3]
+    .venv/bin/python bench/bench_training.py [--steps 300] [--lora-mb 64] [--rounds 3]
 
 Starts a throw-away Ceph RADOS Gateway (tests/support/rgw.py) and interleaves per round:
 
