@@ -489,11 +489,16 @@ class DownloadService:
 
     def _schedule(self, job: DownloadJob) -> None:
         def create() -> None:
-            if job.task is not None and not job.task.done():
-                # still stopping (a cancel or pause just before this request): start when it ends
-                job.task.add_done_callback(lambda _t: create() if job.status == "queued" else None)
-                return
-            job.task = asyncio.ensure_future(self._run(job))
+            # Under the lock that pause/cancel hold while they look at ``job.task``: a job paused or
+            # cancelled before its task existed was settled by them, and must not start now.
+            with self._lock:
+                if job.stop is not None or job.status != "queued":
+                    return
+                if job.task is not None and not job.task.done():
+                    # still stopping (a cancel or pause just before this request): start when it ends
+                    job.task.add_done_callback(lambda _t: create())
+                    return
+                job.task = asyncio.ensure_future(self._run(job))
 
         self._call(create)
 

@@ -222,6 +222,21 @@ def test_pause_keeps_the_bytes_and_resume_continues(h: Harness, server: FaultSer
     assert server.bytes_sent - len(data) <= MIN_PIECE
 
 
+def test_a_job_paused_or_cancelled_right_after_submit_never_starts(h: Harness, server: FaultServer) -> None:
+    server.throttle_bps = 64 * 1024  # nothing can finish legitimately within the test
+    jobs = []
+    for i in range(12):
+        server.add(f"/r{i}.safetensors", safetensors_bytes(LORA_KEYS, MiB, i))
+        job = h.submit(url=server.url(f"/r{i}.safetensors"))
+        (h.svc.pause if i % 2 else h.svc.cancel)(job.id)  # at once: often before its task exists
+        jobs.append((job.id, "paused" if i % 2 else "cancelled"))
+    for job_id, want in jobs:
+        wait_for(lambda job_id=job_id, want=want: h.svc.get(job_id).status == want)
+    time.sleep(0.5)  # a task wrongly started after the stop would be running by now
+    assert [h.svc.get(j).status for j, _ in jobs] == [want for _, want in jobs]
+    assert not list((h.models / "loras").glob("*")), "nothing is published"
+
+
 def test_wrong_sha256_fails_with_both_hashes_and_publishes_nothing(h: Harness, server: FaultServer) -> None:
     data = safetensors_bytes(LORA_KEYS, 2 * MiB)
     actual = server.add("/w.safetensors", data)
