@@ -60,21 +60,10 @@ def make_vae(comfy: Path, path: Path, seed: int) -> None:
     import_comfy(comfy)
     from comfy.ldm.models.autoencoder import AutoencoderKL
     from ldm_vae import randomize
+    from make_tiny_models import VAE_DDCONFIG  # comfy.sd.VAE's SD1.x config
     from safetensors.torch import save_file
 
-    ddconfig = {
-        "double_z": True,
-        "z_channels": 4,
-        "resolution": 256,
-        "in_channels": 3,
-        "out_ch": 3,
-        "ch": 128,
-        "ch_mult": [1, 2, 4, 4],
-        "num_res_blocks": 2,
-        "attn_resolutions": [],
-        "dropout": 0.0,
-    }
-    model = AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
+    model = AutoencoderKL(ddconfig=dict(VAE_DDCONFIG), embed_dim=4)
     randomize(model, seed)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
 
