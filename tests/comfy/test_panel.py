@@ -5,8 +5,9 @@ end through ComfyUI's websocket (``podkit.download`` events; the panel's own re-
 minutes, so only events can move it), toasts when it finishes; re-rendering into a reused element
 leaves one panel; nothing PodKit logs to the console is an error, and nothing leaves loopback.
 
-``PODKIT_TEST_FRONTEND_ROOT=<.../comfyui_frontend_package/static>`` runs the same tests on another
-frontend (ComfyUI's ``--front-end-root``), e.g. 1.58 against a checkout that pins 1.27.
+Each test runs on the tree's own pinned frontend and on the newest frontend release that
+``scripts/setup`` prepared (ComfyUI's ``--front-end-root``; ``PODKIT_TEST_FRONTEND_ROOT`` names
+another ``.../comfyui_frontend_package/static`` folder instead).
 """
 
 from __future__ import annotations
@@ -28,25 +29,38 @@ if str(SUPPORT) not in sys.path:
 
 from browser_support import PageLog, missing_browser, open_context, watch  # noqa: E402
 from http_server import FaultServer, fault_server  # noqa: E402
+from support.comfy_trees import latest_frontend  # noqa: E402
 
 TAB = "podkit-panel"
 TAB_BUTTON = f'[data-testid="{TAB}-tab-button"], button.{TAB}-tab-button'
 SECTIONS = ["Downloads", "Models & cache", "Training", "Monitor", "Outbox"]
 
 
+@pytest.fixture(scope="module", params=["pinned", "newest"], ids=["frontend-pinned", "frontend-newest"])
+def frontend_root(request: pytest.FixtureRequest) -> Path | None:
+    """None: the tree's own pinned frontend; else the newest frontend release's static folder."""
+    if request.param == "pinned":
+        return None
+    newest = latest_frontend()
+    if isinstance(newest, str):
+        pytest.skip(newest)
+    return newest.root
+
+
 @pytest.fixture(scope="module")
 def comfy_panel_server(
-    comfy_server_factory: Callable[..., Any], tmp_path_factory: pytest.TempPathFactory
+    comfy_server_factory: Callable[..., Any],
+    frontend_root: Path | None,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Any]:
     reason = missing_browser()
     if reason:
         pytest.skip(reason)
     models = tmp_path_factory.mktemp("panel-models")
-    frontend = os.environ.get("PODKIT_TEST_FRONTEND_ROOT")
     srv = comfy_server_factory(
         name="panel",
         env={"PODKIT_URL_ALLOW_HOSTS": "127.0.0.1", "PODKIT_MODELS_DIR": str(models)},
-        args=["--front-end-root", frontend] if frontend else [],
+        args=["--front-end-root", str(frontend_root)] if frontend_root else [],
         start=False,
     )
     settings = srv.user_dir / "default" / "comfy.settings.json"
