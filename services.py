@@ -23,6 +23,7 @@ from .backends.state_db import SqliteOutboxRepo, StateDB
 from .backends.training_jobs import TrainingService, build_training_service
 from .core.decode_cache import DecodeCache
 from .core.events import Notifier, NullNotifier
+from .core.host import STANDALONE, HostInfo
 from .core.loras import LoraLibrary
 from .core.lru import ByteLRU
 from .core.model_cache import ModelCache
@@ -66,6 +67,8 @@ class Services:
     presets: PresetBook = field(default_factory=lambda: PresetBook(None))
     decode_cache: DecodeCache[object] = field(default_factory=lambda: DecodeCache(2**30))
     started_at: float = field(default_factory=time.time)
+    #: what PodKit runs inside (set when it attaches to ComfyUI; standalone otherwise)
+    host: HostInfo = STANDALONE
 
     def start(self) -> None:
         """Start background work: outbox workers, a first LoRA listing, temp-file cleanup."""

@@ -12,6 +12,7 @@ from typing import Any
 from ..backends.monitor import Monitor, RssProbe
 from ..server_routes import register
 from ..services import Services, get_services
+from .host_features import detect_host
 
 logger = logging.getLogger(__name__)
 _attached = False
@@ -63,6 +64,13 @@ def attach_to_comfyui() -> Services:
     with _attach_lock:
         svc = services()
         if not _attached:
+            svc.host = detect_host()
+            logger.info(
+                "PodKit %s on ComfyUI %s (frontend %s)",
+                svc.version,
+                svc.host.comfyui_version,
+                svc.host.frontend_version,
+            )
             svc.notifier.target = PromptServerNotifier()
             register(PromptServer.instance.routes, svc)
             register_model_folders(svc)

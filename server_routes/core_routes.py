@@ -63,6 +63,7 @@ def register(routes: web.RouteTableDef, services: Services) -> None:
                 "name": "PodKit",
                 "version": services.version,
                 "uptime_s": round(time.time() - services.started_at, 1),
+                "host": services.host.to_wire(),
                 "settings": settings.public_view(),
                 "accelerations": accelerations(),
                 "outbox": counts,

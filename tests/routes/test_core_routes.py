@@ -71,6 +71,7 @@ async def test_status(client: TestClient) -> None:
     assert r.status == 200
     body = await r.json()
     assert body["name"] == "PodKit" and body["settings"]["store"] == "local"
+    assert body["host"]["kind"] == "standalone" and body["host"]["comfyui_version"] is None
     assert body["settings"]["lora_bucket"] == "loras" and "xformers" in body["accelerations"]
     assert_no_secrets(await r.text())
 

@@ -65,5 +65,9 @@ def test_registry_metadata() -> None:
     comfy = data["tool"]["comfy"]
     assert comfy["PublisherId"] and comfy["DisplayName"] == "PodKit"
     assert comfy["requires-comfyui"].startswith(">=")
+    # the floor the registry states is the one /podkit/status checks the host against
+    from podkit.core.host import MIN_COMFYUI
+
+    assert comfy["requires-comfyui"] == f">={MIN_COMFYUI}"
     assert "comfyui" not in data["project"]["name"].lower()
     assert (ROOT / "js").is_dir() and not list((ROOT / "js").rglob("*.test.js"))
