@@ -24,7 +24,7 @@ from ..core.presets import (
     family_from_class_names,
     table_to_wire,
 )
-from ._comfy import CATEGORY, io
+from ._comfy import CATEGORY, ComboListOutput, io
 from ._host import services
 
 AUTO = "auto"
@@ -207,8 +207,8 @@ class PodKitSamplerPreset(_PresetInputs, io.ComfyNode):
             outputs=[
                 io.Int.Output("steps", display_name="steps"),
                 io.Float.Output("cfg", display_name="cfg"),
-                io.Combo.Output("sampler_name", display_name="sampler_name", options=_samplers()),
-                io.Combo.Output("scheduler", display_name="scheduler", options=_schedulers()),
+                ComboListOutput("sampler_name", display_name="sampler_name", options=_samplers()),
+                ComboListOutput("scheduler", display_name="scheduler", options=_schedulers()),
                 io.Int.Output("width", display_name="width"),
                 io.Int.Output("height", display_name="height"),
                 io.String.Output("tier_chosen", display_name="tier"),
