@@ -733,6 +733,12 @@ class TrainingService:
                 )
                 continue
             break
+        # the listing first: a client that sees "done" finds the LoRA in the loader's list
+        if self.on_lora_uploaded is not None:
+            try:
+                self.on_lora_uploaded()
+            except Exception:  # the LoRA is uploaded; a listing refresh failure is not the job's
+                logger.warning("LoRA listing refresh after training failed", exc_info=True)
         job = self._set(
             job,
             status="done",
@@ -744,11 +750,6 @@ class TrainingService:
             next_attempt=None,
         )
         logger.info("training %s: %s uploaded to %s", job.id, final.name, ref.uri)
-        if self.on_lora_uploaded is not None:
-            try:
-                self.on_lora_uploaded()
-            except Exception:  # the LoRA is uploaded; a listing refresh failure is not the job's
-                logger.warning("LoRA listing refresh after training failed", exc_info=True)
 
     def _upload_step_saves(self, job: TrainingJob, done: set[int], *, final: bool) -> TrainingJob:
         """Upload new intermediate saves (best effort: a failure is logged and retried next time)."""
