@@ -1,4 +1,5 @@
-"""PodKit's standalone control plane: its routes and panel on a plain aiohttp server.
+"""PodKit's command line: ``serve`` (the standalone control plane: routes and panel on a plain
+aiohttp server), ``bootstrap`` (a pod's models) and ``worker`` (a RunPod Serverless worker).
 
 For pods without the ComfyUI canvas (a trainer pod, an API host), for CI's browser tests, and for a
 newcomer without ComfyUI or R2: ``python <path-to-podkit> serve`` starts it on the embedded local
@@ -43,11 +44,17 @@ def build_app(services: Services) -> web.Application:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["worker"]:  # the runpod SDK parses its own flags: hand them over untouched
+        from .worker.main import main as worker_main
+
+        return worker_main(argv[1:])
     parser = argparse.ArgumentParser(prog="podkit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the standalone control plane")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8189, help="port (default 8189)")
+    sub.add_parser("worker", help="run a RunPod Serverless worker (PODKIT_WORKER_ROLE; runpod SDK flags)")
     boot = sub.add_parser("bootstrap", help="download a manifest's models (run before ComfyUI starts)")
     boot.add_argument("manifest", type=Path, help="YAML or JSON manifest (see README, Downloads)")
     boot.add_argument("--force", action="append", default=[], metavar="NAME", help="download NAME again")

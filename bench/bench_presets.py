@@ -143,10 +143,11 @@ def main() -> int:
         return 2
     os.environ["COMFYUI_PATH"] = args.comfy
     h = harness()
-    install = h.find_comfyui()
-    if isinstance(install, str):
-        print(install, file=sys.stderr)  # noqa: T201
+    installs = h.find_installs()
+    if isinstance(installs, str):
+        print(installs, file=sys.stderr)  # noqa: T201
         return 2
+    install = installs[0]
 
     history: list[SpeedSample] = []
     errors: dict[str, list[float]] = {"podkit": [], "naive": [], "default": []}

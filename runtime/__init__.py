@@ -1,0 +1,1 @@
+"""Deployment runtime: ComfyUI as a child process, the cold start a worker and a pod share."""

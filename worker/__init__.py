@@ -1,0 +1,1 @@
+"""The RunPod Serverless worker: inference and training roles on the runpod SDK."""
