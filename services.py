@@ -11,14 +11,16 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
 from .backends.downloads import DownloadService
+from .backends.idle_watch import ActivityProbe, IdleWatch, command_runner, runpod_stopper
 from .backends.local_store import LocalStore
 from .backends.monitor import MetricsStore, Monitor
+from .backends.pod_health import HealthChecker
 from .backends.state_db import SqliteOutboxRepo, StateDB
 from .backends.training_jobs import TrainingService, build_training_service
 from .core.decode_cache import DecodeCache
@@ -69,6 +71,16 @@ class Services:
     started_at: float = field(default_factory=time.time)
     #: what PodKit runs inside (set when it attaches to ComfyUI; standalone otherwise)
     host: HostInfo = STANDALONE
+    activity: ActivityProbe | None = None
+    idle: IdleWatch | None = None
+    health: HealthChecker | None = None
+
+    def set_queue_length(self, queue_length: Callable[[], int]) -> None:
+        """The host's prompt queue, for the idle watch and the health check (inside ComfyUI)."""
+        if self.activity is not None:
+            self.activity.queue_length = queue_length
+        if self.health is not None:
+            self.health.queue_length = queue_length
 
     def start(self) -> None:
         """Start background work: outbox workers, a first LoRA listing, temp-file cleanup."""
@@ -79,6 +91,8 @@ class Services:
             self.monitor.start()
         self.cache.clean_temp_files()
         threading.Thread(target=self._first_listing, name="podkit-lora-listing", daemon=True).start()
+        if self.idle is not None:
+            self.idle.start()
         if self.training is not None:
             self.training.start()  # reconciles the jobs an earlier process left, then dispatches
 
@@ -88,6 +102,8 @@ class Services:
             logger.warning("PodKit: cannot list LoRA bucket %s: %s", self.settings.lora_bucket, listing.error)
 
     def close(self) -> None:
+        if self.idle is not None:
+            self.idle.close()
         if self.training is not None:
             self.training.close()  # detaches: running trainers go on and are re-attached next start
         self.outbox.stop()
@@ -141,6 +157,22 @@ def build_services(
         settings, db, store, notifier=switch, on_lora_uploaded=loras.refresh_listing, downloads=downloads
     )
     monitor = Monitor(MetricsStore(db), switch, retention_days=settings.metrics_retention_days)
+    pod = settings.pod
+    probe = ActivityProbe(outbox, downloads, training)
+    action = (
+        runpod_stopper(pod.runpod_api_key, pod.pod_id)
+        if pod.idle.action == "stop"
+        else command_runner(pod.idle.command)
+    )
+    health = HealthChecker(
+        pod,
+        store=store,
+        bucket=settings.output_bucket,
+        outbox=outbox,
+        state_dir=settings.state_dir,
+        volume_dir=settings.volume_dir,
+        cache_dir=settings.cache_dir,
+    )
     return Services(
         settings,
         store,
@@ -158,6 +190,9 @@ def build_services(
         ),
         downloads=downloads,
         training=training,
+        activity=probe,
+        idle=IdleWatch(pod.idle, probe, action, notifier=switch),
+        health=health,
     )
 
 

@@ -1,5 +1,6 @@
 """PodKit's command line: ``serve`` (the standalone control plane: routes and panel on a plain
-aiohttp server), ``bootstrap`` (a pod's models) and ``worker`` (a RunPod Serverless worker).
+aiohttp server), ``bootstrap`` (a pod's models), ``pod`` (a pod's one start command) and ``worker``
+(a RunPod Serverless worker).
 
 For pods without the ComfyUI canvas (a trainer pod, an API host), for CI's browser tests, and for a
 newcomer without ComfyUI or R2: ``python <path-to-podkit> serve`` starts it on the embedded local
@@ -49,11 +50,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .worker.main import main as worker_main
 
         return worker_main(argv[1:])
+    if argv[:1] == ["pod"]:  # ComfyUI's own arguments follow "--"
+        from .pod.main import main as pod_main
+
+        return pod_main(argv[1:])
     parser = argparse.ArgumentParser(prog="podkit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the standalone control plane")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8189, help="port (default 8189)")
+    sub.add_parser("pod", help="start a pod: bootstrap manifest, then ComfyUI with PodKit in the foreground")
     sub.add_parser("worker", help="run a RunPod Serverless worker (PODKIT_WORKER_ROLE; runpod SDK flags)")
     boot = sub.add_parser("bootstrap", help="download a manifest's models (run before ComfyUI starts)")
     boot.add_argument("manifest", type=Path, help="YAML or JSON manifest (see README, Downloads)")

@@ -271,8 +271,8 @@ class Monitor:
     def report(self, hours: float) -> dict[str, Any]:
         return build_report(self.store.since(self.wall() - hours * 3600), hours)
 
-    def prometheus(self) -> str:
-        return self.counters.render()
+    def prometheus(self, gauges: Mapping[str, tuple[str, float | None]] | None = None) -> str:
+        return self.counters.render(gauges or {})
 
     def speed_model(self) -> SpeedModel:
         """What the budget chooser predicts with: this machine's measured generations."""

@@ -14,6 +14,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import ConfigError, InvalidRequest
+from .pod_settings import ENV_DOCS as POD_ENV_DOCS
+from .pod_settings import PodSettings
+from .sizes import parse_size
 from .training import GPU_POLICIES, trainer_passthrough
 from .url_policy import parse_allow_hosts
 
@@ -69,25 +72,11 @@ ENV_VARS: Mapping[str, str] = {
     "PODKIT_METRICS_RETENTION_DAYS": "days of generation records kept in the state database (default 30)",
     "PODKIT_DECODE_RAM_CACHE": "bytes of decoded images the Cached Tiled VAE Decode keeps in RAM (1G)",
     "PODKIT_DECODE_DISK_CACHE": "1 = also keep decoded images in the model cache on disk (default off)",
+    **POD_ENV_DOCS,
 }
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)?\s*$", re.IGNORECASE)
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _INSTANCE_RE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def parse_size(text: str, *, name: str) -> int:
-    """Parse ``"50G"``, ``"512M"``, ``"1.5TiB"`` or a plain byte count (binary units).
-
-    Raises:
-        ConfigError: the text is not a size; the message names the variable.
-    """
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise ConfigError(f"{name}={text!r} is not a size (use e.g. 50G, 512M or a byte count)")
-    number, unit = float(m.group(1)), m.group(2).lower()
-    scale = 1024 ** ("kmgtp".index(unit) + 1) if unit else 1
-    return int(number * scale)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
@@ -166,6 +155,7 @@ class Settings:
     metrics_retention_days: int = 30
     decode_ram_cache_bytes: int = 2**30
     decode_disk_cache: bool = False
+    pod: PodSettings = field(default_factory=PodSettings)
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     hf_token: str | None = field(default=None, repr=False)
@@ -309,6 +299,7 @@ class Settings:
                 get("PODKIT_DECODE_RAM_CACHE") or "1G", name="PODKIT_DECODE_RAM_CACHE"
             ),
             decode_disk_cache=_bool(env, "PODKIT_DECODE_DISK_CACHE", False),
+            pod=PodSettings.from_env(env),
             access_key_id=get("R2_ACCESS_KEY_ID"),
             secret_access_key=get("R2_SECRET_ACCESS_KEY"),
             hf_token=get("HF_TOKEN"),
@@ -324,6 +315,7 @@ class Settings:
             self.hf_token,
             self.civitai_token,
             self.api_token,
+            self.pod.runpod_api_key,
         )
         return tuple(v for v in values if v)
 
@@ -353,4 +345,5 @@ class Settings:
             "hf_token": self.hf_token is not None,
             "civitai_token": self.civitai_token is not None,
             "api_token_required": self.api_token is not None,
+            "pod": self.pod.public_view(),
         }

@@ -48,6 +48,13 @@ def comfy_queue_busy() -> bool:
     return bool(running or queued)
 
 
+def comfy_queue_length() -> int:
+    """Prompts running or waiting in ComfyUI's queue (health check, idle stop, metrics)."""
+    from server import PromptServer
+
+    return int(PromptServer.instance.prompt_queue.get_tasks_remaining())
+
+
 def comfy_free_vram() -> None:
     """Ask ComfyUI's prompt worker to unload its models and free cached VRAM (what ``POST /free`` does)."""
     from server import PromptServer
@@ -74,8 +81,9 @@ def attach_to_comfyui() -> Services:
             svc.notifier.target = PromptServerNotifier()
             register(PromptServer.instance.routes, svc)
             register_model_folders(svc)
+            svc.set_queue_length(comfy_queue_length)
             if svc.monitor is not None:
-                attach_monitor(svc.monitor)
+                attach_monitor(svc.monitor, on_event=svc.idle.touch if svc.idle is not None else None)
             if svc.training is not None:  # PODKIT_TRAINING_GPU_POLICY=exclusive sees ComfyUI's queue
                 svc.training.attach_host(generation_busy=comfy_queue_busy, free_vram=comfy_free_vram)
             import comfy.samplers
@@ -157,7 +165,7 @@ def _running_graph(server: Any) -> Callable[[str], Mapping[str, Any] | None]:
     return graph
 
 
-def attach_monitor(monitor: Monitor) -> None:
+def attach_monitor(monitor: Monitor, on_event: Callable[[], None] | None = None) -> None:
     """Feed ComfyUI's execution events to ``monitor``.
 
     The executor reports progress only through ``PromptServer.send_sync`` (there is no listener
@@ -178,6 +186,8 @@ def attach_monitor(monitor: Monitor) -> None:
     def send_sync(event: Any, data: Any, sid: Any = None) -> None:
         if isinstance(event, str) and event in MONITORED_EVENTS:
             monitor.on_event(event, data)
+            if on_event is not None:  # the idle watch: a prompt ran just now
+                on_event()
         original(event, data, sid)
 
     send_sync._podkit_monitor = True  # type: ignore[attr-defined]

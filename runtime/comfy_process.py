@@ -49,9 +49,21 @@ class ComfyLaunch:
     port: int = 0  # 0: a free port
     extra_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    #: True (worker): ComfyUI's output/input/temp/user folders and database live in ``work_dir``;
+    #: False (pod): ComfyUI keeps its own (the user browses its outputs there)
+    own_dirs: bool = True
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], work_dir: Path, extra_args: Sequence[str] = ()) -> ComfyLaunch:
+    def from_env(
+        cls,
+        env: Mapping[str, str],
+        work_dir: Path,
+        extra_args: Sequence[str] = (),
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        own_dirs: bool = True,
+    ) -> ComfyLaunch:
         raw = env.get("COMFYUI_PATH", "").strip()
         if not raw:
             raise ComfyStartError("COMFYUI_PATH is not set: point it at the ComfyUI folder holding main.py")
@@ -62,9 +74,11 @@ class ComfyLaunch:
             checkout=checkout,
             python=comfy_python(checkout, env),
             work_dir=work_dir,
-            port=int(env.get("PODKIT_COMFY_PORT") or 0),
+            host=host,
+            port=int(env.get("PODKIT_COMFY_PORT") or 0) if port is None else port,
             extra_args=tuple(extra_args),
             env=dict(env),
+            own_dirs=own_dirs,
         )
 
 
@@ -100,31 +114,36 @@ class ComfyProcess:
 
     def __init__(self, launch: ComfyLaunch) -> None:
         self.launch = launch
-        self.port = launch.port or free_port(launch.host)
+        loopback = launch.host in ("0.0.0.0", "::", "")  # noqa: S104 - the address ComfyUI listens on
+        self.port = launch.port or free_port("127.0.0.1" if loopback else launch.host)
         self.proc: subprocess.Popen[bytes] | None = None
         self.dirs = {name: launch.work_dir / name for name in ("output", "input", "temp", "user")}
 
     @property
     def url(self) -> str:
-        return f"http://{self.launch.host}:{self.port}"
+        """Where this machine reaches it (loopback when it listens on every address)."""
+        host = "127.0.0.1" if self.launch.host in ("0.0.0.0", "::", "") else self.launch.host  # noqa: S104
+        return f"http://{host}:{self.port}"
 
     @property
-    def output_dir(self) -> Path:
-        return self.dirs["output"]
+    def output_dir(self) -> Path | None:
+        """ComfyUI's output folder when PodKit chose it (``own_dirs``), else None."""
+        return self.dirs["output"] if self.launch.own_dirs else None
 
     @property
-    def input_dir(self) -> Path:
-        return self.dirs["input"]
+    def input_dir(self) -> Path | None:
+        return self.dirs["input"] if self.launch.own_dirs else None
 
     def command(self) -> list[str]:
         launch = self.launch
         cmd = [str(launch.python), "main.py", "--listen", launch.host, "--port", str(self.port)]
         given = set(launch.extra_args)
-        for name, path in self.dirs.items():
-            if f"--{name}-directory" not in given:
-                cmd += [f"--{name}-directory", str(path)]
-        if "--database-url" not in given:
-            cmd += ["--database-url", f"sqlite:///{launch.work_dir / 'comfyui.db'}"]
+        if launch.own_dirs:
+            for name, path in self.dirs.items():
+                if f"--{name}-directory" not in given:
+                    cmd += [f"--{name}-directory", str(path)]
+            if "--database-url" not in given:
+                cmd += ["--database-url", f"sqlite:///{launch.work_dir / 'comfyui.db'}"]
         if not podkit_installed_in(launch.checkout):
             cmd += ["--extra-model-paths-config", str(self._podkit_link_config())]
         return cmd + list(launch.extra_args)
@@ -144,8 +163,9 @@ class ComfyProcess:
     def start(self) -> None:
         if self.alive():
             return
-        for path in self.dirs.values():
-            path.mkdir(parents=True, exist_ok=True)
+        if self.launch.own_dirs:
+            for path in self.dirs.values():
+                path.mkdir(parents=True, exist_ok=True)
         env = dict(self.launch.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         logger.info("starting ComfyUI: %s", " ".join(self.command()))
@@ -173,6 +193,10 @@ class ComfyProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def wait(self) -> int:
+        """Block until ComfyUI exits; its exit code (0 if it never started)."""
+        return self.proc.wait() if self.proc is not None else 0
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM the process group, then SIGKILL; returns the exit code (None if never started)."""

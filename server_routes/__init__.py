@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from . import contract, core_routes, downloads, metrics, training
+from . import contract, core_routes, downloads, metrics, pod, training
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -26,4 +26,5 @@ def register(routes: web.RouteTableDef, services: Services) -> None:
     downloads.register(routes, services)
     metrics.register(routes, services)
     training.register(routes, services)
+    pod.register(routes, services)
     contract.register(routes, services)

@@ -24,6 +24,16 @@ class MonitorUnavailable(PodKitError):
     code = "monitor_unavailable"
 
 
+def system_gauges(services: Services) -> dict[str, tuple[str, float | None]]:
+    """Free disk, GPU memory/utilisation, queue length and idle seconds (absent when unknown)."""
+    gauges = services.health.gauges() if services.health is not None else {}
+    if services.idle is not None and services.idle.policy.enabled:
+        state = services.idle.state()
+        idle_s = state.idle_seconds if state.phase in ("idle", "warning", "acting") else 0.0
+        gauges["podkit_idle_seconds"] = ("Seconds this pod has been idle (0 while busy).", idle_s)
+    return gauges
+
+
 def register(routes: web.RouteTableDef, services: Services) -> None:
     def monitor() -> Monitor:
         if services.monitor is None:
@@ -40,7 +50,8 @@ def register(routes: web.RouteTableDef, services: Services) -> None:
     @routes.get(f"{ROUTE_PREFIX}/metrics")
     @json_errors
     async def prometheus(request: web.Request) -> web.Response:
-        text = monitor().prometheus()
+        gauges = await asyncio.to_thread(system_gauges, services)
+        text = monitor().prometheus(gauges)
         return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 
     @routes.get(f"{ROUTE_PREFIX}/presets")

@@ -102,9 +102,9 @@ def worker_env(
         "R2_SECRET_ACCESS_KEY": s3_server.secret_key,
         "R2_LORA_BUCKET": loras,
         "R2_OUTPUT_BUCKET": outputs,
-        "PODKIT_STATE_DIR": str(root / "state"),
-        "PODKIT_CACHE_DIR": str(root / "cache"),
-        "PODKIT_VOLUME_DIR": "",
+        # a network volume: each process keeps its state in <volume>/podkit/state/<instance>, the
+        # cache is shared (never one PODKIT_STATE_DIR for several processes)
+        "PODKIT_VOLUME_DIR": str(root / "volume"),
         "PODKIT_MODELS_DIR": str(root / "models"),
         "AWS_CONFIG_FILE": str(root / "no-aws-config"),
         "AWS_SHARED_CREDENTIALS_FILE": str(root / "no-aws-credentials"),

@@ -1,0 +1,1 @@
+"""The pod: one start command (bootstrap, then ComfyUI with PodKit in the foreground)."""
