@@ -22,13 +22,16 @@ function setting(id, fallback) {
   }
 }
 
-/** A toast on both toast APIs (1.58: success()/error(); 1.27: add()), always with a duration. */
+// 1.58's toast method per severity ("warn" is the severity name of 1.27's add())
+const MODERN_TOAST = { success: "success", info: "info", warn: "warning", error: "error" };
+
+/** A toast on both toast APIs (1.58: success()/warning()/error(); 1.27: add()), always with a duration. */
 function showToast({ severity, title, detail }) {
   if (!setting(TOASTS_SETTING, true)) return;
   const t = app.extensionManager?.toast;
   if (!t) return;
-  const ms = severity === "error" ? 10000 : 5000;
-  const modern = severity === "error" ? t.error : t.success;
+  const ms = severity === "error" || severity === "warn" ? 10000 : 5000;
+  const modern = t[MODERN_TOAST[severity] || "success"];
   if (typeof modern === "function") modern.call(t, title, { description: detail, duration: ms });
   else if (typeof t.add === "function") t.add({ severity, summary: title, detail, life: ms });
 }
@@ -62,7 +65,7 @@ app.registerExtension({
     },
     {
       id: TOASTS_SETTING,
-      name: "Notify when downloads, trainings and uploads finish or fail",
+      name: "Notify when downloads, trainings and uploads finish or fail, and before the idle stop",
       type: "boolean",
       defaultValue: true,
     },

@@ -98,5 +98,8 @@ export function createApi(fetchFn) {
 
     outbox: (params) => call("GET", `/podkit/outbox${query(params)}`),
     retryOutbox: (ids) => call("POST", "/podkit/outbox/retry", ids ? { ids } : {}),
+
+    idle: () => call("GET", "/podkit/idle"),
+    keepAlive: () => call("POST", "/podkit/idle/keepalive", {}),
   };
 }

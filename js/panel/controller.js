@@ -4,10 +4,10 @@
 // host passes the API client, a toast function and its event source. No DOM; unit-tested by
 // tests/js/controller.test.mjs with a fake fetch.
 
-import { NOT_AVAILABLE, initialState, reduce, toastFor } from "./state.js";
+import { NOT_AVAILABLE, idlePolicy, idleToast, initialState, reduce, toastFor } from "./state.js";
 
 /** The `podkit.*` events the panel listens to (register them before the socket delivers any). */
-export const EVENTS = ["podkit.download", "podkit.training", "podkit.generation", "podkit.upload"];
+export const EVENTS = ["podkit.download", "podkit.training", "podkit.generation", "podkit.upload", "podkit.idle"];
 
 /** A minimal store: get(), dispatch(action), subscribe(fn) → unsubscribe. */
 export function createStore(reducer, state) {
@@ -27,8 +27,12 @@ export function createStore(reducer, state) {
   };
 }
 
-function message(e) {
+/** Sections whose server answers 503 when the feature is not part of that process (no idle watch). */
+const UNAVAILABLE_503 = new Set(["idle"]);
+
+function message(e, section) {
   if (e && e.status === 404) return NOT_AVAILABLE;
+  if (e && e.status === 503 && UNAVAILABLE_503.has(section)) return NOT_AVAILABLE;
   return (e && e.message) || String(e);
 }
 
@@ -38,6 +42,7 @@ function message(e) {
  * @param {(t: {severity: string, title: string, detail: string}) => void} [options.toast]
  * @param {boolean} [options.toastSnapshots] toast status changes seen between snapshots (polling hosts)
  * @param {(fn: () => void, ms: number) => unknown} [options.setTimer] timers (tests pass their own)
+ * @param {() => number} [options.now] the local clock in ms (stamps idle answers for the countdown)
  */
 export function createController({
   api,
@@ -45,6 +50,7 @@ export function createController({
   toastSnapshots = false,
   setTimer = (fn, ms) => setTimeout(fn, ms),
   clearTimer = (t) => clearTimeout(t),
+  now = () => Date.now(),
 }) {
   const store = createStore(reduce, initialState());
   const pending = new Map();
@@ -69,7 +75,28 @@ export function createController({
       snapshotToasts("upload", store.get().outbox, data.items);
       store.dispatch({ type: "outbox", counts: data.counts, items: data.items });
     },
+    idle: async () => applyIdle({ type: "idle", answer: await api.idle() }),
   };
+
+  /**
+   * Apply an idle answer or event. The warning toast goes out from snapshots too (a polling host
+   * has no events, and a page opened during a warning must hear of it), but only once per warning:
+   * idleToast compares with the phase held before.
+   */
+  function applyIdle(action, { toast: wantToast = true } = {}) {
+    const prev = store.get().idle.current;
+    store.dispatch({ ...action, at: now() });
+    const state = store.get();
+    if (wantToast && state.idle.current !== prev) notify(idleToast(prev, state.idle.current, idlePolicy(state)));
+  }
+
+  /** POST /podkit/idle/keepalive: restart the idle clock; its answer is the new idle state. Throws. */
+  async function keepAlive() {
+    const answer = await api.keepAlive();
+    // the person who pressed the button needs no toast about the warning it restarted
+    applyIdle({ type: "idle", answer }, { toast: false });
+    return answer;
+  }
 
   /**
    * Without live events (the standalone page polls), a job that changed status between two
@@ -98,7 +125,7 @@ export function createController({
       await loaders[section]();
       return true;
     } catch (e) {
-      store.dispatch({ type: "error", section, message: message(e) });
+      store.dispatch({ type: "error", section, message: message(e, section) });
       return false;
     }
   }
@@ -163,6 +190,8 @@ export function createController({
       const prev = state.outbox.byId[detail.id];
       store.dispatch({ type: "upload", item: detail });
       notify(toastFor("upload", prev, detail));
+    } else if (name === "podkit.idle") {
+      applyIdle({ type: "idle/event", event: detail });
     }
   }
 
@@ -177,5 +206,5 @@ export function createController({
     pending.clear();
   }
 
-  return { store, api, load, resync, poll, soon, onEvent, onConnection, dispose };
+  return { store, api, load, resync, poll, soon, onEvent, onConnection, keepAlive, dispose };
 }

@@ -130,3 +130,74 @@ export function parseSize(text) {
   const scale = unit ? 1024 ** ("kmgtp".indexOf(unit) + 1) : 1;
   return Math.floor(Number(m[1]) * scale);
 }
+
+/** Seconds left → a countdown clock "4:32", "1:04:32" (rounded up: "0:00" only once time is up); "" when unknown. */
+export function formatClock(s) {
+  if (!isNum(s)) return "";
+  const total = Math.max(0, Math.ceil(s));
+  const h = Math.floor(total / 3600);
+  const m = Math.floor((total % 3600) / 60);
+  const ss = String(total % 60).padStart(2, "0");
+  return h > 0 ? `${h}:${String(m).padStart(2, "0")}:${ss}` : `${m}:${ss}`;
+}
+
+/** Seconds of idleness, coarse: "12 s", "3 min", "1 h", "2 h 05 min"; "—" when unknown. */
+export function formatIdleFor(s) {
+  if (!isNum(s) || s < 0) return "—";
+  if (s < 60) return `${Math.floor(s)} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min`;
+  const rest = m % 60;
+  return rest ? `${Math.floor(m / 60)} h ${String(rest).padStart(2, "0")} min` : `${Math.floor(m / 60)} h`;
+}
+
+const IDLE_WORDS = {
+  stop: { verb: "stops the pod", acting: "Stopping the pod…", done: "Pod stop requested" },
+  command: { verb: "runs the idle command", acting: "Running the idle command…", done: "Idle command ran" },
+};
+
+/**
+ * The idle stop in one short line, from what the panel holds now:
+ * `{phase, action, idleFor, left, busy, error, message}` (`idleFor` and `left` in seconds, already
+ * counted down locally). Returns {text, lead, countdown}: `text` is `lead` followed by `countdown`
+ * ("4:32") when there is one, so a host can show the clock on its own.
+ */
+export function idleText({ phase, action, idleFor, left, busy, error, message } = {}) {
+  const words = IDLE_WORDS[action] || IDLE_WORDS.stop;
+  const plain = (text) => ({ text, lead: text, countdown: "" });
+  switch (phase) {
+    case "off":
+      return plain("Idle stop off");
+    case "busy":
+      return plain(Array.isArray(busy) && busy.length ? `Busy: ${busy.join(", ")}` : "Busy");
+    case "idle":
+    case "warning": {
+      if (isNum(left) && left <= 0) return plain(words.acting);
+      const since = `Idle ${formatIdleFor(idleFor)}`;
+      if (!isNum(left)) return plain(since);
+      const lead = `${since} – ${words.verb} in`;
+      const countdown = formatClock(left);
+      return { text: `${lead} ${countdown}`, lead, countdown };
+    }
+    case "acting":
+      return plain(words.acting);
+    case "done":
+      return plain(words.done);
+    case "failed":
+      return plain(`Idle action failed: ${error || message || "unknown error"}`);
+    default:
+      return plain(message || (phase ? String(phase) : ""));
+  }
+}
+
+/** An idle policy as a hint: "Stops the pod after 30 min idle · warns 5 min before". */
+export function idlePolicyText(policy) {
+  if (!policy || !policy.enabled) return "";
+  const what = policy.action === "command" ? "Runs the idle command" : "Stops the pod";
+  const after = Number(policy.idle_minutes) * 60;
+  const parts = [`${what} after ${formatIdleFor(after)} idle`];
+  const warn = policy.warn_seconds;
+  if (isNum(warn) && warn >= after) parts.push("warns throughout");
+  else if (isNum(warn) && warn > 0) parts.push(`warns ${formatIdleFor(warn)} before`);
+  return parts.join(" · ");
+}

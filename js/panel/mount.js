@@ -1,12 +1,14 @@
-// Mounts the whole PodKit panel (header + the five sections) into an element, for both hosts: the
-// ComfyUI sidebar tab (js/podkit_panel.js) and the standalone page (web/index.html). Keeps it in
-// step with the controller's store and re-syncs on a timer; everything stops by itself once the
-// element is no longer in the document (ComfyUI reuses or drops sidebar elements without telling).
+// Mounts the whole PodKit panel (header, the idle stop, the five sections) into an element, for
+// both hosts: the ComfyUI sidebar tab (js/podkit_panel.js) and the standalone page (web/index.html).
+// Keeps it in step with the controller's store and re-syncs on a timer; everything stops by itself
+// once the element is no longer in the document (ComfyUI reuses or drops sidebar elements without
+// telling).
 
 import { h, setText } from "./dom.js";
 import { DOWNLOAD_ACTIVE, TRAINING_ACTIVE } from "./state.js";
 import { cacheSection } from "./sections/cache.js";
 import { downloadsSection } from "./sections/downloads.js";
+import { idleBlock } from "./sections/idle.js";
 import { monitorSection } from "./sections/monitor.js";
 import { outboxSection } from "./sections/outbox.js";
 import { trainingSection } from "./sections/training.js";
@@ -58,6 +60,10 @@ export function mountPanel(
   const sections = [downloadsSection, cacheSection, trainingSection, monitorSection, outboxSection].map((make) =>
     make(controller),
   );
+  // the idle stop sits right under the header: pod-wide and urgent, it stays in view whichever
+  // sections are collapsed or however long their lists grow
+  const idle = idleBlock(controller);
+  const parts = [idle, ...sections];
   const root = h(
     "div",
     { id: "podkit-root", class: "podkit-panel" },
@@ -69,6 +75,7 @@ export function mountPanel(
       refresh,
       ...headerExtras,
     ),
+    idle.el,
     sections.map((s) => s.el),
   );
   container.replaceChildren(root);
@@ -90,7 +97,7 @@ export function mountPanel(
     }
     setText(conn, CONNECTION_TEXT[state.connection] || state.connection);
     conn.dataset.state = state.connection;
-    for (const s of sections) {
+    for (const s of parts) {
       try {
         s.update(state);
       } catch (e) {
@@ -104,6 +111,7 @@ export function mountPanel(
     if (disposed) return;
     disposed = true;
     unsubscribe();
+    for (const s of parts) if (s.dispose) s.dispose();
     clearTimeout(fullTimer);
     clearTimeout(pollTimer);
   }

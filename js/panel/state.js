@@ -5,6 +5,11 @@
 // Events and snapshots race (a snapshot requested before an event may arrive after it), so a job
 // only replaces what we hold when it is at least as new (`updated`), and a finished job never
 // goes back to an active status at the same timestamp.
+//
+// The idle stop is one pod-wide state, not a job list: the latest answer or event wins, stamped
+// with the local time it arrived (`at`, ms) so the countdown can tick on between events.
+
+import { formatClock, idleText } from "./format.js";
 
 export const DOWNLOAD_ACTIVE = new Set(["queued", "running", "verifying"]);
 /** Downloads shown in the "active" list: working ones and paused ones (which can resume). */
@@ -12,6 +17,9 @@ export const DOWNLOAD_OPEN = new Set([...DOWNLOAD_ACTIVE, "paused"]);
 export const TRAINING_ACTIVE = new Set(["queued", "preparing", "running", "uploading"]);
 export const TERMINAL = new Set(["done", "failed", "cancelled"]);
 export const OUTBOX_OPEN = new Set(["spooling", "uploading", "pending", "failed"]);
+
+/** Idle phases whose countdown ticks locally between events. */
+export const IDLE_COUNTING = new Set(["idle", "warning"]);
 
 /** A section's error when its routes are not on this server (HTTP 404): the section hides its body. */
 export const NOT_AVAILABLE = "not available on this server";
@@ -31,6 +39,8 @@ export function initialState() {
     loras: { listing: null, error: null },
     monitor: { report: null, recent: [], error: null },
     outbox: { byId: {}, counts: {}, loaded: false, error: null },
+    // policy: GET /podkit/idle's (events carry none); current: the last answer or event, or null
+    idle: { policy: null, current: null, loaded: false, error: null },
   };
 }
 
@@ -113,6 +123,21 @@ function trainingSummary(job) {
   return { ...rest, loss: Array.isArray(last) ? last[1] : (rest.loss ?? null) };
 }
 
+const num = (x) => (typeof x === "number" && Number.isFinite(x) ? x : null);
+
+/** The idle fields of an answer or event (without `policy`), stamped with `at` (local ms). */
+function idleCurrent(wire, at) {
+  return {
+    phase: wire.phase,
+    idle_seconds: num(wire.idle_seconds) ?? 0,
+    act_in_seconds: num(wire.act_in_seconds),
+    busy: Array.isArray(wire.busy) ? wire.busy.map(String) : [],
+    message: typeof wire.message === "string" ? wire.message : "",
+    error: wire.error ? String(wire.error) : null,
+    at: num(at) ?? 0,
+  };
+}
+
 /** The reducer. Unknown actions return the same state object. */
 export function reduce(state, action) {
   switch (action.type) {
@@ -185,6 +210,20 @@ export function reduce(state, action) {
       if (held) counts[held.status] = Math.max(0, (counts[held.status] || 0) - 1);
       counts[item.status] = (counts[item.status] || 0) + 1;
       return { ...state, outbox: { ...state.outbox, byId: { ...state.outbox.byId, [item.id]: item }, counts } };
+    }
+
+    case "idle": {
+      // {answer, at}: GET /podkit/idle or POST /podkit/idle/keepalive (the policy included)
+      const a = action.answer;
+      if (!a || typeof a !== "object" || typeof a.phase !== "string") return state;
+      const policy = a.policy && typeof a.policy === "object" ? a.policy : state.idle.policy;
+      return { ...state, idle: { policy, current: idleCurrent(a, action.at), loaded: true, error: null } };
+    }
+    case "idle/event": {
+      // {event, at}: a `podkit.idle` event (no policy: the one we hold stays)
+      const e = action.event;
+      if (!e || typeof e !== "object" || typeof e.phase !== "string") return state;
+      return { ...state, idle: { ...state.idle, current: idleCurrent(e, action.at), error: null } };
     }
 
     case "error": {
@@ -298,4 +337,97 @@ export function downloadedModels(state) {
     bytes += size;
   }
   return { count, bytes, types: Object.entries(types).sort(([a], [b]) => a.localeCompare(b)) };
+}
+
+/** The idle policy: GET /podkit/idle's, else the one in GET /podkit/status (settings.pod.idle). */
+export function idlePolicy(state) {
+  const held = state.idle.policy;
+  if (held) return held;
+  const fromStatus = state.status && state.status.settings && state.status.settings.pod;
+  return (fromStatus && fromStatus.idle) || null;
+}
+
+/**
+ * Seconds until the idle action at local time `now` (ms): `act_in_seconds` counted down from when
+ * it arrived, never below 0. Null when there is no countdown (busy, off, acting, done…).
+ */
+export function idleLeft(current, now) {
+  if (!current || !IDLE_COUNTING.has(current.phase) || current.act_in_seconds === null) return null;
+  const elapsed = Math.max(0, (now - current.at) / 1000);
+  return Math.max(0, current.act_in_seconds - elapsed);
+}
+
+/** Seconds the pod has been idle at local time `now` (ms), counted up from the last answer. */
+export function idleFor(current, now) {
+  if (!current) return null;
+  if (!IDLE_COUNTING.has(current.phase)) return current.idle_seconds;
+  return current.idle_seconds + Math.max(0, (now - current.at) / 1000);
+}
+
+/**
+ * What the idle block shows at local time `now` (ms): {available, loaded, enabled, phase, warning,
+ * counting, left, text, lead, countdown, policy}. `enabled` decides the Keep alive button.
+ */
+export function idleView(state, now) {
+  const { current, error, loaded } = state.idle;
+  const policy = idlePolicy(state);
+  const available = error !== NOT_AVAILABLE;
+  const phase = current ? current.phase : null;
+  const enabled = available && (policy ? !!policy.enabled : !!phase && phase !== "off");
+  const left = idleLeft(current, now);
+  const words = current
+    ? idleText({
+        phase,
+        action: policy && policy.action,
+        idleFor: idleFor(current, now),
+        left,
+        busy: current.busy,
+        error: current.error,
+        message: current.message,
+      })
+    : { text: "", lead: "", countdown: "" };
+  return {
+    available,
+    loaded: loaded || !!current,
+    enabled,
+    phase,
+    warning: phase === "warning" || phase === "acting",
+    counting: IDLE_COUNTING.has(phase),
+    left,
+    ...words,
+    policy,
+  };
+}
+
+/**
+ * Whether the local countdown says the server has moved on (the action is due, or an idle pod
+ * reached its warning) while we still hold the older phase: time to re-read GET /podkit/idle.
+ */
+export function idleDue(state, now) {
+  const current = state.idle.current;
+  const left = idleLeft(current, now);
+  if (left === null) return false;
+  if (left <= 0) return true;
+  const policy = idlePolicy(state);
+  return current.phase === "idle" && !!policy && typeof policy.warn_seconds === "number" && left <= policy.warn_seconds;
+}
+
+/**
+ * The toast a new idle state deserves, given the one held before: once when a warning starts
+ * (not again while it lasts, keep-alives included), and when the idle action failed.
+ */
+export function idleToast(prev, next, policy) {
+  if (!next || (prev && prev.phase === next.phase)) return null;
+  if (next.phase === "warning") {
+    const verb = policy && policy.action === "command" ? "runs the idle command" : "stops the pod";
+    const when = next.act_in_seconds === null ? "soon" : `in ${formatClock(next.act_in_seconds)}`;
+    return {
+      severity: "warn",
+      title: "Pod idle",
+      detail: `PodKit ${verb} ${when} unless you press Keep alive in the PodKit panel.`,
+    };
+  }
+  if (next.phase === "failed")
+    return { severity: "error", title: "Idle action failed", detail: next.error || next.message || "unknown error" };
+  return null;
 }
