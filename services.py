@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .backends.downloads import DownloadService
+from .backends.gencache_store import GenerationStore
 from .backends.idle_watch import ActivityProbe, IdleWatch, command_runner, runpod_stopper
 from .backends.local_store import LocalStore
 from .backends.monitor import MetricsStore, Monitor
@@ -71,6 +72,7 @@ class Services:
     started_at: float = field(default_factory=time.time)
     #: what PodKit runs inside (set when it attaches to ComfyUI; standalone otherwise)
     host: HostInfo = STANDALONE
+    generation: GenerationStore | None = None
     activity: ActivityProbe | None = None
     idle: IdleWatch | None = None
     health: HealthChecker | None = None
@@ -190,6 +192,13 @@ def build_services(
         ),
         downloads=downloads,
         training=training,
+        generation=(
+            GenerationStore(
+                ModelCache(settings.cache_dir / "generation", max_bytes=settings.generation_cache_max_bytes)
+            )
+            if settings.generation_cache
+            else None
+        ),
         activity=probe,
         idle=IdleWatch(pod.idle, probe, action, notifier=switch),
         health=health,

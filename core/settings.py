@@ -72,6 +72,9 @@ ENV_VARS: Mapping[str, str] = {
     "PODKIT_METRICS_RETENTION_DAYS": "days of generation records kept in the state database (default 30)",
     "PODKIT_DECODE_RAM_CACHE": "bytes of decoded images the Cached Tiled VAE Decode keeps in RAM (1G)",
     "PODKIT_DECODE_DISK_CACHE": "1 = also keep decoded images in the model cache on disk (default off)",
+    "PODKIT_GENERATION_CACHE": "1/0: share node outputs between pods and restarts through ComfyUI's cache "
+    "provider API (ComfyUI 0.33+; default on when a network volume is present)",
+    "PODKIT_GENERATION_CACHE_MAX_BYTES": "size cap of the generation cache, e.g. 20G (default 20G)",
     **POD_ENV_DOCS,
 }
 
@@ -156,6 +159,8 @@ class Settings:
     decode_ram_cache_bytes: int = 2**30
     decode_disk_cache: bool = False
     pod: PodSettings = field(default_factory=PodSettings)
+    generation_cache: bool = False
+    generation_cache_max_bytes: int = 20 * 2**30
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     hf_token: str | None = field(default=None, repr=False)
@@ -300,6 +305,10 @@ class Settings:
             ),
             decode_disk_cache=_bool(env, "PODKIT_DECODE_DISK_CACHE", False),
             pod=PodSettings.from_env(env),
+            generation_cache=_bool(env, "PODKIT_GENERATION_CACHE", volume is not None),
+            generation_cache_max_bytes=parse_size(
+                get("PODKIT_GENERATION_CACHE_MAX_BYTES") or "20G", name="PODKIT_GENERATION_CACHE_MAX_BYTES"
+            ),
             access_key_id=get("R2_ACCESS_KEY_ID"),
             secret_access_key=get("R2_SECRET_ACCESS_KEY"),
             hf_token=get("HF_TOKEN"),
@@ -346,4 +355,6 @@ class Settings:
             "civitai_token": self.civitai_token is not None,
             "api_token_required": self.api_token is not None,
             "pod": self.pod.public_view(),
+            "generation_cache": self.generation_cache,
+            "generation_cache_max_bytes": self.generation_cache_max_bytes,
         }

@@ -94,6 +94,26 @@ def attach_to_comfyui() -> Services:
     return svc
 
 
+async def attach_generation_cache(svc: Services) -> None:
+    """Register the generation cache with ComfyUI's cache-provider API when the host has it."""
+    import dataclasses
+
+    from ..backends.gencache_store import FileIdentities
+    from ..core.host import HostFeature
+    from .generation_cache import register
+
+    feature = svc.host.features.get("cache_provider")
+    if svc.generation is None or feature is None or not feature.present or feature.used:
+        return
+    from server import PromptServer
+
+    identities = FileIdentities(svc.settings.cache_dir / "identities")
+    if await register(svc.generation, identities, _running_graph(PromptServer.instance)):
+        features = {**svc.host.features, "cache_provider": HostFeature(present=True, used=True)}
+        svc.host = dataclasses.replace(svc.host, features=features)
+        logger.info("PodKit: generation cache on (%s)", svc.generation.cache.root)
+
+
 def register_model_folders(svc: Services) -> list[str]:
     """Add the download manager's model folders to ComfyUI's search paths; returns those added.
 

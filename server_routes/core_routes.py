@@ -49,6 +49,19 @@ def accelerations() -> dict[str, Any]:
     return info
 
 
+def generation_stats(services: Services) -> dict[str, object]:
+    """The generation cache: on or off (and why), entries and bytes, hits/misses per node type."""
+    store = services.generation
+    if store is None:
+        return {"enabled": False, "reason": "PODKIT_GENERATION_CACHE is off"}
+    if not services.host.uses("cache_provider"):
+        reason = "host too old" if services.host.kind == "comfyui" else "not inside ComfyUI"
+        return {"enabled": False, "reason": reason, **store.stats.to_wire()}
+    disk = store.cache.stats()
+    sizes = {"entries": disk.entries, "bytes": disk.bytes_on_disk, "max_bytes": disk.max_bytes}
+    return {"enabled": True, **sizes, **store.stats.to_wire()}
+
+
 def register(routes: web.RouteTableDef, services: Services) -> None:
     settings = services.settings
     token = settings.api_token
@@ -84,6 +97,7 @@ def register(routes: web.RouteTableDef, services: Services) -> None:
                 "model_cache": asdict(stats),
                 "lora_ram": asdict(services.lora_ram.stats()),
                 "decode": services.decode_cache.stats().to_wire(),
+                "generation": await asyncio.to_thread(generation_stats, services),
                 "cache_dir": str(services.cache.root),
             }
         )

@@ -24,6 +24,15 @@ class MonitorUnavailable(PodKitError):
     code = "monitor_unavailable"
 
 
+GENERATION_GAUGES = (
+    ("hits", "served from the generation cache"),
+    ("misses", "looked up in the generation cache and not found"),
+    ("stores", "stored in the generation cache"),
+    ("bytes_served", "bytes served from the generation cache"),
+    ("bytes_stored", "bytes stored in the generation cache"),
+)
+
+
 def system_gauges(services: Services) -> dict[str, tuple[str, float | None]]:
     """Free disk, GPU memory/utilisation, queue length and idle seconds (absent when unknown)."""
     gauges = services.health.gauges() if services.health is not None else {}
@@ -31,6 +40,10 @@ def system_gauges(services: Services) -> dict[str, tuple[str, float | None]]:
         state = services.idle.state()
         idle_s = state.idle_seconds if state.phase in ("idle", "warning", "acting") else 0.0
         gauges["podkit_idle_seconds"] = ("Seconds this pod has been idle (0 while busy).", idle_s)
+    if services.generation is not None:
+        totals = services.generation.stats.totals()
+        for name, text in GENERATION_GAUGES:
+            gauges[f"podkit_generation_cache_{name}"] = (f"Node outputs {text}, since start.", totals[name])
     return gauges
 
 

@@ -1,0 +1,148 @@
+"""The generation cache's rules: what a node output is on disk, how entries are keyed, what counts.
+
+ComfyUI (0.33 and later) asks a cache provider for a node's outputs by the SHA-256 of the node's
+cache key (class, inputs, and the same of every ancestor). PodKit answers from content-addressed
+entries on the shared volume, so a second pod, or the same pod after a restart, skips work already
+done. Entries are scoped by the identity of the model files the prompt uses (their sha256), because
+the cache key knows only their names: a pod with another file under the same name never gets this
+pod's results.
+
+An entry is a safetensors file: the tensors, plus a JSON *skeleton* of the outputs in its metadata
+(lists, tuples, string-keyed dicts, numbers, strings, booleans, None; tensors by name). Nothing in
+it can execute code on load (no pickle). Anything else (a MODEL, a CLIP, a VAE object) is not
+cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT = 1
+METADATA_KEY = "podkit.gencache"
+
+
+class Unsupported(ValueError):
+    """A value the cache cannot round-trip exactly (it is then not cached)."""
+
+
+def entry_digest(cache_key_hash: str, scope: str) -> str:
+    """The entry's content address: ComfyUI's cache-key hash within a model scope."""
+    return hashlib.sha256(f"podkit-gencache:v{FORMAT}\n{scope}\n{cache_key_hash}".encode()).hexdigest()
+
+
+def model_scope(identities: Mapping[str, str]) -> str:
+    """One digest for the model files a prompt uses (``"loras/x.safetensors" → sha256``)."""
+    lines = "\n".join(f"{name}={digest}" for name, digest in sorted(identities.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def encode(value: Any, is_tensor: Callable[[Any], bool]) -> tuple[Any, list[Any]]:
+    """(JSON skeleton, tensors in order) of ``value``; raises :class:`Unsupported`."""
+    tensors: list[Any] = []
+    seen: dict[int, str] = {}
+
+    def enc(obj: Any) -> Any:
+        if is_tensor(obj):
+            name = seen.get(id(obj))
+            if name is None:
+                name = seen[id(obj)] = f"t{len(tensors)}"
+                tensors.append(obj)
+            return {"t": name}
+        if obj is None or isinstance(obj, (bool, str)):
+            return {"v": obj}
+        if isinstance(obj, int):
+            return {"v": obj}
+        if isinstance(obj, float):
+            if not math.isfinite(obj):
+                raise Unsupported("a non-finite float")
+            return {"v": obj}
+        if isinstance(obj, list):
+            return {"l": [enc(x) for x in obj]}
+        if isinstance(obj, tuple):
+            return {"u": [enc(x) for x in obj]}
+        if isinstance(obj, dict):
+            if not all(isinstance(k, str) for k in obj):
+                raise Unsupported("a dict with non-string keys")
+            return {"d": {k: enc(v) for k, v in obj.items()}}
+        raise Unsupported(f"a {type(obj).__module__}.{type(obj).__qualname__}")
+
+    return enc(value), tensors
+
+
+def decode(skeleton: Any, tensors: Mapping[str, Any]) -> Any:
+    """The value :func:`encode` described (tensors looked up by name)."""
+    if not isinstance(skeleton, dict) or len(skeleton) != 1:
+        raise ValueError("not a generation cache skeleton")
+    ((kind, body),) = skeleton.items()
+    if kind == "t":
+        return tensors[body]
+    if kind == "v":
+        return body
+    if kind == "l":
+        return [decode(x, tensors) for x in body]
+    if kind == "u":
+        return tuple(decode(x, tensors) for x in body)
+    if kind == "d":
+        return {k: decode(v, tensors) for k, v in body.items()}
+    raise ValueError(f"unknown skeleton kind {kind!r}")
+
+
+def skeleton_text(outputs: Any, ui: Any, is_tensor: Callable[[Any], bool]) -> tuple[str, list[Any]]:
+    """The metadata text and tensors of one entry (outputs and the node's ui)."""
+    skeleton, tensors = encode({"outputs": outputs, "ui": ui}, is_tensor)
+    return json.dumps({"format": FORMAT, "value": skeleton}, separators=(",", ":")), tensors
+
+
+def read_skeleton(text: str, tensors: Mapping[str, Any]) -> tuple[Any, Any]:
+    data = json.loads(text)
+    if data.get("format") != FORMAT:
+        raise ValueError(f"generation cache format {data.get('format')!r}, expected {FORMAT}")
+    value = decode(data["value"], tensors)
+    return value["outputs"], value["ui"]
+
+
+@dataclass
+class _NodeCounts:
+    hits: int = 0
+    misses: int = 0
+    stores: int = 0
+    skipped: int = 0
+    bytes_served: int = 0
+    bytes_stored: int = 0
+
+
+@dataclass
+class GenerationStats:
+    """Hits, misses, stores and bytes per node type (thread-safe)."""
+
+    nodes: dict[str, _NodeCounts] = field(default_factory=dict)
+    errors: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, class_type: str, **deltas: int) -> None:
+        with self._lock:
+            counts = self.nodes.setdefault(class_type or "?", _NodeCounts())
+            for name, delta in deltas.items():
+                setattr(counts, name, getattr(counts, name) + delta)
+
+    def error(self) -> None:
+        with self._lock:
+            self.errors += 1
+
+    def totals(self) -> dict[str, int]:
+        with self._lock:
+            keys = ("hits", "misses", "stores", "skipped", "bytes_served", "bytes_stored")
+            return {k: sum(getattr(c, k) for c in self.nodes.values()) for k in keys} | {
+                "errors": self.errors
+            }
+
+    def to_wire(self) -> dict[str, object]:
+        with self._lock:
+            per_node = {name: vars(c).copy() for name, c in sorted(self.nodes.items())}
+        return {"totals": self.totals(), "nodes": per_node}

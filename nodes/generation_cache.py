@@ -1,0 +1,150 @@
+"""PodKit's generation cache as a ComfyUI cache provider (``comfy_api.latest.Caching``, 0.33+).
+
+Feature-detected: on a host without ``Caching.CacheProvider`` nothing is registered and
+``/podkit/status`` says so. On a lookup miss of ComfyUI's own cache, ComfyUI asks
+:meth:`PodKitCacheProvider.on_lookup`; after it computed a node, :meth:`on_store` (a task on the
+prompt's loop) publishes the outputs. Entries are scoped per prompt by the sha256 of every model
+file the prompt names (computed once per file and volume). Output nodes, nodes marked
+``NOT_IDEMPOTENT`` and outputs that cannot be stored exactly (MODEL, CLIP, VAE objects, …) are
+never served from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from ..backends.gencache_store import FileIdentities, GenerationStore
+from ..core.gencache import Unsupported, entry_digest, model_scope
+
+logger = logging.getLogger(__name__)
+#: folder_paths kinds whose files decide what a node computes
+MODEL_FOLDERS = (
+    "checkpoints", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision", "controlnet",
+    "upscale_models", "style_models", "embeddings", "hypernetworks", "gligen", "model_patches",
+)  # fmt: skip
+
+
+def scope_of(graph: Mapping[str, Any], identities: FileIdentities) -> str:
+    """The model scope of a prompt: every string input naming a file of a model folder, by content."""
+    import folder_paths
+
+    found: dict[str, str] = {}
+    for node in graph.values():
+        inputs = node.get("inputs") if isinstance(node, Mapping) else None
+        for value in (inputs or {}).values():
+            if not isinstance(value, str) or not value or len(value) > 512:
+                continue
+            for folder in MODEL_FOLDERS:
+                try:
+                    path = folder_paths.get_full_path(folder, value)
+                except KeyError:
+                    continue
+                if path:
+                    found[f"{folder}/{value}"] = identities.sha256(Path(path))
+                    break
+    return model_scope(found)
+
+
+def cacheable(class_type: str) -> bool:
+    """Output nodes (they write files, their ``ui`` points at them) and nodes marked
+    ``NOT_IDEMPOTENT`` are never served from the cache."""
+    import nodes
+
+    cls = nodes.NODE_CLASS_MAPPINGS.get(class_type)
+    return not (cls is None or getattr(cls, "OUTPUT_NODE", False) or getattr(cls, "NOT_IDEMPOTENT", False))
+
+
+def make_provider(store: GenerationStore, identities: FileIdentities, graph_of: Any) -> Any:
+    """A ``Caching.CacheProvider`` subclass instance (built here: its base exists on new hosts only)."""
+    from comfy_api.latest import Caching
+
+    class PodKitCacheProvider(Caching.CacheProvider):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            self.scope: str | None = None
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="podkit-gencache")
+            self._pending: list[Future[None]] = []
+
+        def on_prompt_start(self, prompt_id: str) -> None:
+            graph = graph_of(prompt_id)
+            try:
+                self.scope = scope_of(graph, identities) if graph is not None else None
+            except Exception as e:  # an unreadable model file: no cache for this prompt
+                logger.warning("generation cache off for prompt %s: %s", prompt_id, e)
+                self.scope = None
+
+        def on_prompt_end(self, prompt_id: str) -> None:
+            # the prompt's entries are published before the next prompt starts (bounded wait)
+            pending, self._pending = self._pending, []
+            wait(pending, timeout=60)
+            self.scope = None
+
+        def should_cache(self, context: Any, value: Any = None) -> bool:
+            if self.scope is None or not cacheable(context.class_type):
+                return False
+            if value is None:
+                return True  # a lookup
+            # A store. ComfyUI would run on_store as a task of the prompt's event loop, which ends
+            # with the prompt and cancels what has not run yet (the last nodes' stores, typically).
+            # So the entry is taken here, on the prompt thread (tensors copied, a few ms), and
+            # written by PodKit's own writer thread; ComfyUI is told not to call on_store.
+            self._store_now(context, value, self.scope)
+            return False
+
+        def _store_now(self, context: Any, value: Any, scope: str) -> None:
+            digest = entry_digest(context.cache_key_hash, scope)
+            try:
+                entry = store.prepare(value.outputs, value.ui)
+            except Unsupported:
+                store.stats.count(context.class_type, skipped=1)
+                return
+
+            def write() -> None:
+                try:
+                    size = store.write(digest, entry)
+                except Exception as e:  # a full volume must not fail the prompt
+                    store.stats.error()
+                    logger.warning("generation cache: could not store %s: %s", context.class_type, e)
+                    return
+                store.stats.count(context.class_type, stores=1, bytes_stored=size)
+
+            self._pending.append(self._writer.submit(write))
+
+        async def on_lookup(self, context: Any) -> Any:
+            scope = self.scope
+            if scope is None:
+                return None
+            digest = entry_digest(context.cache_key_hash, scope)
+            try:
+                found = await asyncio.to_thread(store.load, digest)
+            except Exception as e:  # a damaged entry is a miss
+                store.stats.error()
+                logger.warning("generation cache: entry %s unreadable: %s", digest[:12], e)
+                found = None
+            if found is None:
+                store.stats.count(context.class_type, misses=1)
+                return None
+            outputs, ui, size = found
+            store.stats.count(context.class_type, hits=1, bytes_served=size)
+            return Caching.CacheValue(outputs=outputs, ui=ui)
+
+        async def on_store(self, context: Any, value: Any) -> None:  # stores go through should_cache
+            return None
+
+    return PodKitCacheProvider()
+
+
+async def register(store: GenerationStore, identities: FileIdentities, graph_of: Any) -> bool:
+    """Register the provider when the host has the API; True when it did."""
+    try:
+        from comfy_api.latest import Caching
+    except ImportError:
+        return False
+    if not hasattr(Caching, "CacheProvider"):
+        return False
+    await Caching().register_provider(make_provider(store, identities, graph_of))
+    return True
