@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +78,9 @@ def make_provider(store: GenerationStore, identities: FileIdentities, graph_of: 
                 self.scope = None
 
         def on_prompt_end(self, prompt_id: str) -> None:
-            # the prompt's entries are published before the next prompt starts (bounded wait)
-            pending, self._pending = self._pending, []
-            wait(pending, timeout=60)
+            # The writes go on in the background: ComfyUI writes the prompt's history after this
+            # returns, and a client waits for it. An entry not yet published is a miss, never wrong.
+            self._pending = [f for f in self._pending if not f.done()]
             self.scope = None
 
         def should_cache(self, context: Any, value: Any = None) -> bool:

@@ -64,8 +64,10 @@ class ComfyHandle:
     process: ComfyProcess | None = None
 
     def alive(self) -> bool:
-        if self.process is not None and not self.process.alive():
-            return False
+        """A child: still running (it answered at start; a hang is the job timeout's business).
+        A ComfyUI this process did not start: it answers."""
+        if self.process is not None:
+            return self.process.alive()
         return answers(self.url + "/system_stats")
 
     @property

@@ -91,6 +91,7 @@ def register(routes: web.RouteTableDef, services: Services) -> None:
     @routes.get(f"{ROUTE_PREFIX}/cache/stats")
     @json_errors
     async def cache_stats(request: web.Request) -> web.Response:
+        check_token(request, token)  # cache folders are paths
         stats = await asyncio.to_thread(services.cache.stats)
         return web.json_response(
             {
@@ -146,6 +147,7 @@ def register(routes: web.RouteTableDef, services: Services) -> None:
     @routes.get(f"{ROUTE_PREFIX}/outbox")
     @json_errors
     async def outbox(request: web.Request) -> web.Response:
+        check_token(request, token)  # bucket keys
         raw = request.query.get("status", "")
         statuses = [s for s in raw.split(",") if s] or None
         limit = query_int(request, "limit", 200, lo=1, hi=5000)

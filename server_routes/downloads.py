@@ -39,12 +39,14 @@ def register(routes: web.RouteTableDef, services: Services) -> None:
     @routes.get(f"{ROUTE_PREFIX}/downloads")
     @json_errors
     async def listing(request: web.Request) -> web.Response:
+        check_token(request, token)  # URLs, destinations, errors
         svc = manager()
         return web.json_response({"jobs": [j.to_wire() for j in svc.jobs()], "counts": svc.counts()})
 
     @routes.get(f"{ROUTE_PREFIX}/downloads/{_JOB_ID}")
     @json_errors
     async def one(request: web.Request) -> web.Response:
+        check_token(request, token)
         return web.json_response(manager().get(request.match_info["job_id"]).to_wire())
 
     @routes.delete(f"{ROUTE_PREFIX}/downloads/{_JOB_ID}")

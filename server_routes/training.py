@@ -46,6 +46,7 @@ def register(routes: web.RouteTableDef, services: Services) -> None:
     @routes.get(_JOBS)
     @json_errors
     async def listing(request: web.Request) -> web.Response:
+        check_token(request, token)  # datasets, bucket keys
         limit = query_int(request, "limit", 200, lo=1, hi=500)
         jobs = await asyncio.to_thread(trainer().list_jobs, limit=limit)
         return web.json_response({"jobs": [j.to_wire() for j in jobs]})
@@ -53,6 +54,7 @@ def register(routes: web.RouteTableDef, services: Services) -> None:
     @routes.get(f"{_JOBS}/{_JOB_ID}")
     @json_errors
     async def detail(request: web.Request) -> web.Response:
+        check_token(request, token)  # config, paths, the trainer's log
         job_id = _job_id(request)
         lines = query_int(request, "log_lines", 100, lo=0, hi=1000)
         return web.json_response(await asyncio.to_thread(trainer().detail, job_id, log_lines=lines))

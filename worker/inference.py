@@ -57,6 +57,8 @@ class InferenceWorker:
         self.max_base64_bytes = max_base64_bytes
         self.progress_interval = progress_interval
         self.deliverer = OutputDeliverer(services.outbox, services.saver, services.settings.output_bucket)
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
 
     def fit(self) -> None:
         """The SDK's fitness check: raise when this worker's ComfyUI is gone."""
@@ -98,22 +100,23 @@ class InferenceWorker:
             graph: Mapping[str, Any] = template.render(request.params)
         else:
             graph = request.workflow or {}
-        async with aiohttp.ClientSession() as session:
-            client = ComfyClient(self.comfy.url, session)
-            names = await self._upload_images(session, job_id, request)
-            graph = rebind_images(graph, names)
-            before = await asyncio.to_thread(snapshot, self.comfy.output_dir)
-            prompt_id = str(uuid.uuid4())  # known before ComfyUI answers, so a cancel can name it
-            reporter = _ProgressReporter(job, graph, self.progress, self.progress_interval)
-            queued = time.monotonic()
-            try:
-                run = await client.run_prompt(graph, on_event=reporter, prompt_id=prompt_id)
-            except (asyncio.CancelledError, asyncio.TimeoutError):
-                # RunPod cancelled the job, or its time is up: stop the prompt, upload nothing of it
-                await asyncio.shield(self._interrupt(client, prompt_id))
-                raise
-            ran = time.monotonic()
-            files = await self._produced(client, run.outputs, before)
+        # one session per event loop, kept between jobs (no new connection per job)
+        session = self._session_for_this_loop()
+        client = ComfyClient(self.comfy.url, session)
+        names = await self._upload_images(session, job_id, request)
+        graph = rebind_images(graph, names)
+        before = await asyncio.to_thread(snapshot, self.comfy.output_dir)
+        prompt_id = str(uuid.uuid4())  # known before ComfyUI answers, so a cancel can name it
+        reporter = _ProgressReporter(job, graph, self.progress, self.progress_interval)
+        queued = time.monotonic()
+        try:
+            run = await client.run_prompt(graph, on_event=reporter, prompt_id=prompt_id)
+        except (asyncio.CancelledError, asyncio.TimeoutError):
+            # RunPod cancelled the job, or its time is up: stop the prompt, upload nothing of it
+            await asyncio.shield(self._interrupt(client, prompt_id))
+            raise
+        ran = time.monotonic()
+        files = await self._produced(client, run.outputs, before)
         deadline = t0 + request.timeout
         deliveries = await asyncio.to_thread(
             self.deliverer.spool, job_id, run.prompt_id, files, request.return_base64
@@ -144,6 +147,17 @@ class InferenceWorker:
                 f"{len(waiting)} output(s) wait for the store; the outbox delivers them when it is back"
             )
         return answer
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+
+    def _session_for_this_loop(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._session_loop is not loop:
+            self._session = aiohttp.ClientSession()
+            self._session_loop = loop
+        return self._session
 
     async def _upload_images(
         self, session: aiohttp.ClientSession, job_id: str, request: InferenceRequest

@@ -127,6 +127,7 @@ def test_tab_opens_with_every_section(comfy_page: tuple[Any, PageLog], tmp_path:
     page.wait_for_selector("#podkit-root .podkit-conn[data-state='live']", timeout=30_000)
     assert page.locator("#podkit-root .podkit-section-title").all_inner_texts() == SECTIONS
     page.wait_for_selector("#podkit-sec-cache >> text=Model cache")
+    page.wait_for_selector("#podkit-sec-cache >> text=Generation cache")  # on, or off and why
     # the sidebar's width: nothing in the panel is wider than its container
     widths = page.evaluate(
         "() => { const r = document.getElementById('podkit-root'); return [r.scrollWidth, r.clientWidth]; }"

@@ -342,6 +342,7 @@ def test_cancel_interrupts_the_prompt_and_uploads_nothing(worker: Worker, tmp_pa
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        await handler.close()
 
     try:
         asyncio.run(scenario())

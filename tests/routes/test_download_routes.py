@@ -150,7 +150,8 @@ async def test_token_is_required_when_set(aiohttp_client, tmp_path: Path) -> Non
         assert r.status == 401
         r = await client.delete("/podkit/downloads/0123456789abcdef")
         assert r.status == 401
-        r = await client.get("/podkit/downloads")
+        assert (await client.get("/podkit/downloads")).status == 401  # URLs and destinations are private
+        r = await client.get("/podkit/downloads", headers={"Authorization": f"Bearer {TOKEN}"})
         text = await r.text()
         assert r.status == 200 and all(v not in text for v in (*SECRETS.values(), TOKEN))
     finally:

@@ -195,7 +195,8 @@ async def test_disabled_without_ai_toolkit_and_token_required(tmp_path: Path, ai
         auth = {"Authorization": f"Bearer {TOKEN}"}
         r = await client.post("/podkit/training/jobs", json=body, headers=auth)
         assert r.status == 403 and "PODKIT_AI_TOOLKIT_DIR" in (await r.json())["message"]
-        r = await client.get("/podkit/training/jobs")
+        assert (await client.get("/podkit/training/jobs")).status == 401  # datasets, keys, logs
+        r = await client.get("/podkit/training/jobs", headers=auth)
         assert r.status == 200 and (await r.json()) == {"jobs": []}
         for path in ("/podkit/training/jobs/abc/cancel",):
             assert (await client.post(path, json={})).status == 401

@@ -1,5 +1,5 @@
 // Models & cache: the shared model cache (size against its cap, entries, hit rate, free disk),
-// the LoRA RAM cache and the VAE decode cache, an eviction plan shown before the purge runs, and
+// the LoRA RAM cache, the VAE decode cache and the generation cache, an eviction plan shown before the purge runs, and
 // the LoRA bucket listing.
 
 import { formatAgo, formatBytes, formatRate, fraction, parseSize } from "../format.js";
@@ -44,6 +44,31 @@ function decodeStats(d) {
     misses: d.misses,
     hit_rate: d.hit_rate,
   };
+}
+
+/** The generation cache (ComfyUI 0.33+): its size and hits, the node types it served most; or why it is off. */
+function generationBlock(g) {
+  if (!g) return null;
+  if (!g.enabled) {
+    return h(
+      "div",
+      { class: "podkit-cache-block" },
+      h("h4", {}, "Generation cache"),
+      statList([["State", `off (${g.reason || "not available"})`]]),
+    );
+  }
+  const t = g.totals || {};
+  const top = Object.entries(g.nodes || {})
+    .filter(([, c]) => c.hits)
+    .sort((a, b) => b[1].hits - a[1].hits)
+    .slice(0, 3)
+    .map(([name, c]) => `${name} ${c.hits}`)
+    .join(" · ");
+  return cacheBlock("Generation cache", { bytes: g.bytes, max_bytes: g.max_bytes, entries: g.entries, hits: t.hits, misses: t.misses }, [
+    ["Served", formatBytes(t.bytes_served)],
+    ["Stored", `${t.stores ?? 0} (${formatBytes(t.bytes_stored)})`],
+    ["Most hits", top || "—"],
+  ]);
 }
 
 function evictionForm(controller) {
@@ -201,6 +226,7 @@ export function cacheSection(controller) {
               decodeStats(s.decode),
               s.decode ? [["Disk tier", s.decode.disk_enabled ? `on (${s.decode.disk_hits ?? 0} hits)` : "off"]] : [],
             ),
+            generationBlock(s.generation),
           ].filter(Boolean),
         );
         frame.setBadge(mc ? formatBytes(mc.bytes_on_disk) : "");
