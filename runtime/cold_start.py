@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -64,10 +66,10 @@ class ComfyHandle:
     process: ComfyProcess | None = None
 
     def alive(self) -> bool:
-        """A child: still running (it answered at start; a hang is the job timeout's business).
-        A ComfyUI this process did not start: it answers."""
+        """A child: still running and accepting connections (a TCP connect, no request; a hang is the
+        job timeout's business). A ComfyUI this process did not start: it answers."""
         if self.process is not None:
-            return self.process.alive()
+            return self.process.alive() and port_open(self.url)
         return answers(self.url + "/system_stats")
 
     @property
@@ -81,6 +83,15 @@ class ComfyHandle:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+
+
+def port_open(url: str, timeout: float = 2.0) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def run_manifest(

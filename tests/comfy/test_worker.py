@@ -174,6 +174,14 @@ def worker(worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
         assert not [p for p in comfy_pids if Path(f"/proc/{p}").exists()], "ComfyUI outlived its worker"
 
 
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url + "/system_stats", timeout=2).read()
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def _children_of(pid: int) -> list[int]:
     """The worker's ComfyUI children (main.py), not the SDK's helper processes."""
     try:
@@ -384,3 +392,30 @@ def test_training_role(worker_env: dict[str, str], tiny_models: Path, s3: Any, t
         uri = f"r2://{worker_env['R2_LORA_BUCKET']}/worker_cat{i}.safetensors"
         assert uri in log.read_text(), log.read_text()[-4000:]
         assert head_sha(s3, uri)
+
+
+def test_a_job_over_its_timeout_is_interrupted(worker: Worker) -> None:
+    answer = worker.runsync({"workflow": wf.txt2img(CHECKPOINT, seed=41, steps=400, size=128), "timeout": 3})
+    assert answer["status"] == "FAILED" and "timed out" in answer["error"], answer
+    deadline = time.monotonic() + 60
+    while True:
+        with urllib.request.urlopen(worker.comfy_url() + "/queue", timeout=10) as resp:
+            queue = json.loads(resp.read())
+        if not queue["queue_running"] and not queue["queue_pending"]:
+            break
+        assert time.monotonic() < deadline, queue
+        time.sleep(0.5)
+
+
+def test_a_worker_whose_comfyui_died_asks_to_be_replaced(worker: Worker) -> None:
+    """Last in the module: it kills the module's ComfyUI."""
+    (pid,) = _children_of(worker.proc.pid)
+    url = worker.comfy_url()
+    os.kill(pid, signal.SIGKILL)
+    # a big multi-threaded process takes a moment to die: its listener closes when the last thread exits
+    deadline = time.monotonic() + 60
+    while _answers(url):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    answer = worker.runsync({"workflow": wf.txt2img(CHECKPOINT, seed=1, steps=1)})
+    assert answer["status"] == "FAILED" and "is not running on this worker" in answer["error"], answer
