@@ -84,6 +84,8 @@ class Worker:
         answer = post(f"http://127.0.0.1:{self.port}/runsync", {"input": {"workflow": graph}})
         if answer.get("status") != "COMPLETED":
             raise SystemExit(f"job failed: {answer}")
+        if wf.Ids.SAMPLER in answer["output"].get("cached_nodes", []):
+            raise SystemExit("the sampler came from a cache: this run measures nothing")
         return time.monotonic() - t0
 
     def comfy_url(self) -> str:
@@ -103,7 +105,9 @@ class Worker:
 def direct(url: str, graph: dict[str, Any]) -> float:
     async def go() -> None:
         async with aiohttp.ClientSession() as session:
-            await ComfyClient(url, session).run_prompt(graph)
+            run = await ComfyClient(url, session).run_prompt(graph)
+        if wf.Ids.SAMPLER in run.cached_nodes:
+            raise SystemExit("the sampler came from a cache: this run measures nothing")
 
     t0 = time.monotonic()
     asyncio.run(go())
@@ -182,13 +186,13 @@ def main() -> int:
         samples: dict[str, list[float]] = {"worker": [], "direct": []}
         try:
             for _, case in interleave(list(samples), args.rounds):
-                graph = wf.txt2img(CHECKPOINT, seed=next(seed), steps=args.steps)
-                fn = (
-                    (lambda g=graph: worker.runsync(g))
-                    if case == "worker"
-                    else (lambda g=graph: direct(comfy, g))
-                )
-                value, _ = GUARD.run(fn)
+
+                def sample(case: str = case) -> float:
+                    # a new seed for every attempt: a repeated prompt would come from ComfyUI's cache
+                    graph = wf.txt2img(CHECKPOINT, seed=next(seed), steps=args.steps)
+                    return worker.runsync(graph) if case == "worker" else direct(comfy, graph)
+
+                value, _ = GUARD.run(sample)
                 samples[case].append(value)
         finally:
             worker.stop()
