@@ -1,5 +1,6 @@
 """The generation cache across ComfyUI processes sharing a volume (ComfyUI 0.33+: its cache-provider
-API), and its absence on 0.3.64, where everything else still works.
+API), and its absence on 0.3.64, where everything else still works (checked on the shared server,
+so the older host starts no extra pods).
 
 Two servers share one cache folder. Each has its own LoRA folder holding a *different* file under the
 same name, so a result that depends on that name must never cross between them.
@@ -8,6 +9,7 @@ same name, so a result that depends on that name must never cross between them.
 from __future__ import annotations
 
 import io
+import itertools
 import shutil
 import time
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from support.make_tiny_models import CHECKPOINT, LORA_A, LORA_B
 from podkit.core.host import version_tuple
 
 SAME_NAME = "same_name.safetensors"
+SEEDS = itertools.count(500)
 CAP = 1_500_000
 
 
@@ -78,20 +81,31 @@ def wait_for_stores(server: Any, expected: dict[str, int], timeout: float = 30) 
         time.sleep(0.1)
 
 
-def test_a_second_pod_serves_the_first_pods_prompt(pods: tuple[Any, Any], comfy_install: Any) -> None:
+def the_pods(request: pytest.FixtureRequest, comfy_install: Any, comfy_server: Any) -> tuple[Any, Any] | None:
+    """The two pods on a host with the cache-provider API; on an older host None, after checking
+    that PodKit says why there is no generation cache and still generates (on the shared server)."""
+    if newer(comfy_install):
+        pods: tuple[Any, Any] = request.getfixturevalue("pods")
+        return pods
+    stats = generation(comfy_server)
+    assert stats["enabled"] is False and stats["reason"] in ("host too old", "PODKIT_GENERATION_CACHE is off")
+    features = comfy_server.client.get_json("/podkit/status")["host"]["features"]
+    note = "host too old for a generation cache"
+    assert features["cache_provider"] == {"present": False, "used": False, "note": note}
+    result = run_ok(comfy_server, wf.txt2img(CHECKPOINT, seed=next(SEEDS), steps=1))
+    assert wf.Ids.SAMPLER in result.executed_nodes()
+    return None
+
+
+def test_a_second_pod_serves_the_first_pods_prompt(
+    request: pytest.FixtureRequest, comfy_install: Any, comfy_server: Any
+) -> None:
+    pods = the_pods(request, comfy_install, comfy_server)
+    if pods is None:
+        return
     a, b = pods
     first = run_ok(a, wf.txt2img(CHECKPOINT, seed=5, steps=2))
     assert wf.Ids.SAMPLER in first.executed_nodes()
-    if not newer(comfy_install):
-        stats = generation(a)
-        assert stats["enabled"] is False and stats["reason"] == "host too old"
-        features = a.client.get_json("/podkit/status")["host"]["features"]
-        assert features["cache_provider"] == {
-            "present": False,
-            "used": False,
-            "note": "host too old for a generation cache",
-        }
-        return
     assert a.client.get_json("/podkit/status")["host"]["features"]["cache_provider"]["used"] is True
     stored = wait_for_stores(a, {"KSampler": 1, "VAEDecode": 1})
     assert "SaveImage" not in stored and stored["CheckpointLoaderSimple"]["skipped"] == 1
@@ -124,17 +138,18 @@ def test_a_different_file_under_the_same_name_is_not_served(
     assert not np.array_equal(pixels(first), pixels(second))
 
 
-def test_the_cache_survives_a_restart_and_keeps_to_its_cap(pods: tuple[Any, Any], comfy_install: Any) -> None:
+def test_the_cache_survives_a_restart_and_keeps_to_its_cap(
+    request: pytest.FixtureRequest, comfy_install: Any, comfy_server: Any
+) -> None:
+    pods = the_pods(request, comfy_install, comfy_server)
+    if pods is None:
+        return
     a, _ = pods
     before = pixels(run_ok(a, wf.txt2img(CHECKPOINT, seed=7, steps=2)))
-    if newer(comfy_install):
-        wait_for_stores(a, {"KSampler": 3})
+    wait_for_stores(a, {"KSampler": 3})
     a.restart()
     again = run_ok(a, wf.txt2img(CHECKPOINT, seed=7, steps=2))
     assert np.array_equal(before, pixels(again))
-    if not newer(comfy_install):
-        assert wf.Ids.SAMPLER in again.executed_nodes()
-        return
     assert wf.Ids.SAMPLER in again.cached_nodes() and wf.Ids.SAMPLER not in again.executed_nodes()
     for seed in (8, 9, 10):
         run_ok(a, wf.txt2img(CHECKPOINT, seed=seed, steps=1, positive=f"prompt {seed}"))
