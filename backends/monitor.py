@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,10 +28,9 @@ from ..core.metrics import (
     NodeTiming,
     PromptRecorder,
     build_report,
-    speed_inputs,
     with_resources,
 )
-from ..core.presets import Family, SpeedModel, SpeedSample
+from ..core.speed import MAX_SAMPLES, Evaluations, SpeedModel, SpeedSample, evaluations_by_name, speed_samples
 from .state_db import StateDB
 
 logger = logging.getLogger(__name__)
@@ -56,11 +57,20 @@ METRICS_MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX IF NOT EXISTS generations_started ON generations(started);
     """,
+    # what the speed model reads beyond the first version: batch, cold and disturbed runs, and
+    # its sampler prediction
+    2: """
+    ALTER TABLE generations ADD COLUMN batch INTEGER;
+    ALTER TABLE generations ADD COLUMN predicted_sampler_s REAL;
+    ALTER TABLE generations ADD COLUMN estimating INTEGER;
+    ALTER TABLE generations ADD COLUMN cold INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE generations ADD COLUMN foreign_cpu REAL;
+    """,
 }
 
 _COLUMNS = (
     "prompt_id, started, wall_s, status, family, width, height, steps, sampler, tier, predicted_s, "
-    "vram_peak, vram_total, ram_peak, error, nodes"
+    "vram_peak, vram_total, ram_peak, error, nodes, batch, predicted_sampler_s, estimating, cold, foreign_cpu"
 )
 #: Hard cap on stored records, whatever the retention (a busy API pod makes thousands a day).
 MAX_ROWS = 50_000
@@ -90,10 +100,12 @@ class MetricsStore:
         values = (
             r.prompt_id, r.started, r.wall_s, r.status, r.family, r.width, r.height, r.steps, r.sampler,
             r.tier, r.predicted_s, r.vram_peak, r.vram_total, r.ram_peak, r.error, nodes,
+            r.batch, r.predicted_sampler_s, None if r.estimating is None else int(r.estimating), int(r.cold),
+            r.foreign_cpu,
         )  # fmt: skip
         with self.db.transaction() as c:
             c.execute(
-                f"INSERT OR REPLACE INTO generations ({_COLUMNS}) VALUES ({', '.join('?' * 16)})",  # noqa: S608
+                f"INSERT OR REPLACE INTO generations ({_COLUMNS}) VALUES ({', '.join('?' * 21)})",  # noqa: S608
                 values,
             )
 
@@ -105,21 +117,14 @@ class MetricsStore:
         )
         return [self._record(row) for row in rows]
 
-    def speed_samples(self, limit: int = 200) -> list[SpeedSample]:
-        """Seconds-per-step measurements of the newest successful generations of known family."""
+    def speed_samples(self, limit: int = MAX_SAMPLES) -> list[SpeedSample]:
+        """What the speed model learns from the newest successful generations of known family."""
         rows = self.db.query(
             f"SELECT {_COLUMNS} FROM generations WHERE status='success' AND family IS NOT NULL "  # noqa: S608
             "AND steps IS NOT NULL AND width IS NOT NULL ORDER BY started DESC LIMIT ?",
             (limit,),
         )
-        out = []
-        for family, width, height, steps, sampler_s, wall_s in speed_inputs(self._record(r) for r in rows):
-            try:
-                fam = Family(family)
-            except ValueError:
-                continue
-            out.append(SpeedSample(fam, width, height, steps, sampler_s, wall_s))
-        return out
+        return speed_samples(self._record(r) for r in rows)
 
     def prune(self, older_than: float, max_rows: int = MAX_ROWS) -> int:
         """Delete records started before ``older_than`` and all but the newest ``max_rows``."""
@@ -154,6 +159,11 @@ class MetricsStore:
             ram_peak=_opt_int(r[13]),
             error=_opt_str(r[14]),
             nodes=nodes,
+            batch=_opt_int(r[16]),
+            predicted_sampler_s=_opt_float(r[17]),
+            estimating=None if r[18] is None else bool(r[18]),
+            cold=bool(r[19]),
+            foreign_cpu=_opt_float(r[20]),
         )
 
 
@@ -202,6 +212,45 @@ class RssProbe:
         return None, None, self.peak()
 
 
+class ForeignCpu:
+    """The share of the machine's CPU that other processes used while a prompt ran.
+
+    From the kernel's CPU counters (``/proc/stat``) minus this process's own CPU time, as a fraction
+    of wall time × CPUs: the speed model keeps runs that shared the machine with busy neighbours
+    out of its fit. None where ``/proc/stat`` cannot be read.
+    """
+
+    def __init__(self, stat: Path = Path("/proc/stat"), clock: Callable[[], float] = time.monotonic) -> None:
+        self.stat = stat
+        self.clock = clock
+        self._start: tuple[float, float, float] | None = None
+
+    def _read(self) -> tuple[float, float, float] | None:
+        """(busy CPU seconds of the machine, of this process, clock)."""
+        try:
+            ticks = [int(v) for v in self.stat.read_text().split("\n", 1)[0].split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        if len(ticks) < 8:
+            return None
+        busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait (steal included)
+        own = os.times()
+        return busy / _CLK_TCK, own.user + own.system + own.children_user + own.children_system, self.clock()
+
+    def reset(self) -> None:
+        self._start = self._read()
+
+    def share(self) -> float | None:
+        start, end = self._start, self._read()
+        if start is None or end is None or end[2] <= start[2]:
+            return None
+        foreign = (end[0] - start[0]) - (end[1] - start[1])
+        return max(0.0, foreign) / ((end[2] - start[2]) * (os.cpu_count() or 1))
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
 class Monitor:
     """Execution events in, generation records out (stored, counted, announced)."""
 
@@ -212,6 +261,7 @@ class Monitor:
         *,
         retention_days: int = 30,
         probe: ResourceProbe | None = None,
+        cpu: ForeignCpu | None = None,
         graphs: Callable[[str], Mapping[str, Any] | None] = lambda _pid: None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -220,11 +270,13 @@ class Monitor:
         self.notifier = notifier
         self.retention_s = retention_days * 86400.0
         self.probe: ResourceProbe = probe or RssProbe()
+        self.cpu = cpu or ForeignCpu()
         self.wall = wall
         self.recorder = PromptRecorder(graphs, clock=clock, wall=wall)
         self.counters = MetricsCounters()
         self._speed: SpeedModel | None = None
         self._speed_lock = threading.Lock()
+        self._sampled = False  # a sampler ran in this process (the first such run is cold)
         self._last_prune = 0.0
 
     def set_graphs(self, graphs: Callable[[str], Mapping[str, Any] | None]) -> None:
@@ -246,11 +298,16 @@ class Monitor:
             return None
         if event == "execution_start":
             self.probe.reset()
+            self.cpu.reset()
         record = self.recorder.on_event(event, data)
         if record is None:
             return None
         vram, vram_total, ram = self.probe.peaks()
         record = with_resources(record, vram_peak=vram, vram_total=vram_total, ram_peak=ram)
+        record = replace(record, foreign_cpu=self.cpu.share())
+        if not self._sampled and record.seconds_of("sampler") > 0:
+            self._sampled = True
+            record = replace(record, cold=True)
         self.store.add(record)
         self.counters.add(record)
         with self._speed_lock:
@@ -274,9 +331,13 @@ class Monitor:
     def prometheus(self, gauges: Mapping[str, tuple[str, float | None]] | None = None) -> str:
         return self.counters.render(gauges or {})
 
-    def speed_model(self) -> SpeedModel:
-        """What the budget chooser predicts with: this machine's measured generations."""
+    def speed_model(self, evaluations: Evaluations = evaluations_by_name) -> SpeedModel:
+        """What the budget chooser predicts with: this machine's measured generations.
+
+        ``evaluations``: model calls per sampler and step count (the node layer counts them with
+        ComfyUI's samplers); the model is rebuilt when a record arrives or this changes.
+        """
         with self._speed_lock:
-            if self._speed is None:
-                self._speed = SpeedModel(self.store.speed_samples())
+            if self._speed is None or self._speed.evaluations is not evaluations:
+                self._speed = SpeedModel(self.store.speed_samples(), evaluations)
             return self._speed

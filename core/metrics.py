@@ -13,7 +13,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -32,7 +32,10 @@ TERMINAL = MappingProxyType(
 )
 
 #: Fields a node may attach to the running prompt's record (:meth:`PromptRecorder.annotate`).
-ANNOTATIONS = frozenset({"family", "width", "height", "steps", "sampler", "tier", "predicted_s"})
+ANNOTATIONS = frozenset(
+    {"family", "width", "height", "batch", "steps", "sampler", "tier", "predicted_s", "predicted_sampler_s",
+     "estimating"}
+)  # fmt: skip
 
 
 def node_kind(class_type: str) -> str:
@@ -80,6 +83,14 @@ class GenerationRecord:
     vram_total: int | None = None
     ram_peak: int | None = None
     error: str | None = None
+    batch: int | None = None
+    #: the preset node's predicted sampler seconds, and whether that was still an estimate
+    predicted_sampler_s: float | None = None
+    estimating: bool | None = None
+    #: the first sampler run of its process (slower for reasons that do not recur)
+    cold: bool = False
+    #: the share of the machine's CPU other processes used while it ran (None: unknown)
+    foreign_cpu: float | None = None
 
     def seconds_of(self, kind: str) -> float:
         return sum(n.seconds for n in self.nodes if not n.cached and node_kind(n.class_type) == kind)
@@ -118,6 +129,11 @@ class GenerationRecord:
             "cached_nodes": self.cached_count,
             "nodes": [n.to_wire() for n in self.nodes],
             "error": self.error,
+            "batch": self.batch,
+            "predicted_sampler_s": _round(self.predicted_sampler_s),
+            "estimating": self.estimating,
+            "cold": self.cold,
+            "foreign_cpu": None if self.foreign_cpu is None else round(self.foreign_cpu, 3),
         }
 
 
@@ -125,8 +141,11 @@ def _literal_int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def describe_graph(graph: Mapping[str, Any]) -> dict[str, Any]:
-    """Steps, sampler and latent size of an API-format prompt's first sampler with literal inputs."""
+def describe_graph(graph: Mapping[str, Any], *, batch: bool = False) -> dict[str, Any]:
+    """Steps, sampler and latent size of an API-format prompt's first sampler with literal inputs.
+
+    ``batch``: also the latent's batch size (with its width and height).
+    """
     out: dict[str, Any] = {}
     for node in graph.values():
         if not isinstance(node, Mapping) or node.get("class_type") not in SAMPLER_CLASSES:
@@ -144,6 +163,8 @@ def describe_graph(graph: Mapping[str, Any]) -> dict[str, Any]:
             width, height = _literal_int(source.get("width")), _literal_int(source.get("height"))
             if width and height:
                 out["width"], out["height"] = width, height
+                if batch:
+                    out["batch"] = _literal_int(source.get("batch_size")) or 1
         break
     return out
 
@@ -226,7 +247,7 @@ class PromptRecorder:
             if event == "execution_start" and isinstance(prompt_id, str):
                 graph = self.graphs(prompt_id) or {}
                 fresh = _Running(prompt_id, self.wall(), now, graph)
-                fresh.info.update(describe_graph(graph))
+                fresh.info.update(describe_graph(graph, batch=True))
                 self._running = fresh
                 return None
             run = self._running
@@ -290,6 +311,9 @@ class PromptRecorder:
             tier=info.get("tier"),
             predicted_s=info.get("predicted_s"),
             error=error[:500] if error else None,
+            batch=info.get("batch"),
+            predicted_sampler_s=info.get("predicted_sampler_s"),
+            estimating=info.get("estimating"),
         )
 
 
@@ -545,15 +569,3 @@ def with_resources(
     record: GenerationRecord, *, vram_peak: int | None, vram_total: int | None, ram_peak: int | None
 ) -> GenerationRecord:
     return replace(record, vram_peak=vram_peak, vram_total=vram_total, ram_peak=ram_peak)
-
-
-def speed_inputs(records: Iterable[GenerationRecord]) -> list[tuple[str, int, int, int, float, float]]:
-    """(family, width, height, steps, sampler seconds, wall seconds) of successful, fully known runs."""
-    out = []
-    for r in records:
-        if r.status != "success" or not (r.family and r.width and r.height and r.steps):
-            continue
-        sampler_s = r.seconds_of("sampler")
-        if sampler_s > 0:
-            out.append((r.family, r.width, r.height, r.steps, sampler_s, r.wall_s))
-    return out

@@ -1,19 +1,16 @@
-"""Sampler presets: the tier table as data, user overrides, and the time-budget ("auto") chooser.
+"""Sampler presets: the tier table as data, user overrides, and model-family detection.
 
 The table maps (model family, tier) to a :class:`SamplerPreset`. Users override entries in a YAML or
 JSON file (``PODKIT_PRESETS_FILE``, default ``<ComfyUI user dir>/podkit/presets.yaml``); the node
 layer validates the merged table against ComfyUI's sampler and scheduler lists, which it passes in
 (this module imports no ComfyUI).
 
-The chooser predicts a generation's seconds from seconds-per-step measured on this machine (the
-performance monitor's history) and picks the best tier that fits the budget.
+The time-budget ("auto") chooser and the speed model it predicts with are in :mod:`.speed`.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-import statistics
 import threading
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -24,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, InvalidRequest
+from .errors import ConfigError
 
 
 class Tier(str, Enum):
@@ -296,181 +293,3 @@ def family_from_class_names(names: Sequence[str]) -> Family:
         if family is not None:
             return family
     return Family.GENERIC
-
-
-# ------------------------------------------------------------------------------------------------
-# Time prediction and the budget chooser.
-
-#: Relative cost of one step per megapixel, to carry a measurement of one family over to another.
-FAMILY_COST: Mapping[Family, float] = MappingProxyType(
-    {Family.SD15: 1.0, Family.GENERIC: 1.5, Family.SDXL: 2.5, Family.FLUX: 6.0}
-)
-#: Conservative defaults before anything was measured on this machine (a slow GPU).
-DEFAULT_S_PER_STEP_MP = 1.0  # for SD1.5; other families scale by FAMILY_COST
-DEFAULT_OVERHEAD_S = 5.0
-#: Measurements older than this many (newest first) are ignored by the speed model.
-MAX_SAMPLES = 200
-#: Newest measurements of one size the step fit uses (pairwise slopes grow quadratically).
-PAIR_SAMPLES = 40
-
-
-@dataclass(frozen=True)
-class SpeedSample:
-    """One finished generation: how long its sampler took for how many steps at what size."""
-
-    family: Family
-    width: int
-    height: int
-    steps: int
-    sampler_s: float
-    wall_s: float
-
-    @property
-    def megapixels(self) -> float:
-        return self.width * self.height / 1e6
-
-    @property
-    def s_per_step_mp(self) -> float:
-        return self.sampler_s / self.steps / self.megapixels
-
-    @property
-    def overhead_s(self) -> float:
-        """Everything but sampling: loading, text encoding, decoding, saving."""
-        return max(0.0, self.wall_s - self.sampler_s)
-
-
-def resolution_bucket(width: int, height: int) -> int:
-    """The side of the square (a multiple of 128) closest to ``width × height`` pixels."""
-    return max(128, round(math.sqrt(width * height) / 128) * 128)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    seconds: float
-    basis: str  # how it was computed, for the "why"
-
-
-class SpeedModel:
-    """Seconds-per-step per megapixel and the fixed overhead, from measured generations."""
-
-    def __init__(self, samples: Iterable[SpeedSample]) -> None:
-        self.samples = [
-            s for s in samples if s.steps > 0 and s.sampler_s > 0 and s.width > 0 and s.height > 0
-        ][:MAX_SAMPLES]
-
-    def predict(self, family: Family, width: int, height: int, steps: int) -> Prediction:
-        mp = width * height / 1e6
-        bucket = resolution_bucket(width, height)
-        same = [s for s in self.samples if s.family == family]
-        by_bucket: dict[int, list[SpeedSample]] = {}
-        for s in same:
-            by_bucket.setdefault(resolution_bucket(s.width, s.height), []).append(s)
-        if bucket in by_bucket:
-            per_step, overhead = self._fit(by_bucket[bucket])  # overhead includes the fixed part
-            return Prediction(
-                overhead + per_step * steps * mp / statistics.median(s.megapixels for s in by_bucket[bucket]),
-                f"measured {len(by_bucket[bucket])} {family.value} run(s) at ~{bucket}²",
-            )
-        if same:
-            # per-bucket medians (robust to a noisy run), then piecewise-linear in pixel count
-            # between measured sizes; outside them, the nearest size scaled by pixel count
-            points = sorted((b, *self._fit(group), statistics.median(s.megapixels for s in group))
-                            for b, group in by_bucket.items())  # fmt: skip
-            below = [p for p in points if p[3] < mp]
-            above = [p for p in points if p[3] > mp]
-            if below and above:
-                lo, hi = below[-1], above[0]
-                f = (mp - lo[3]) / (hi[3] - lo[3])
-                per_step = lo[1] + f * (hi[1] - lo[1])
-                overhead = lo[2] + f * (hi[2] - lo[2])
-                basis = f"interpolated between measured {family.value} runs at ~{lo[0]}² and ~{hi[0]}²"
-            else:
-                near = below[-1] if below else above[0]
-                per_step, overhead = near[1] * mp / near[3], near[2]
-                basis = f"measured {len(same)} {family.value} run(s) at ~{near[0]}², scaled by pixel count"
-            return Prediction(overhead + per_step * steps, basis)
-        if self.samples:
-            # the median family cost of what was measured stands in for their mix
-            rate = statistics.median(s.s_per_step_mp for s in self.samples)
-            overhead = statistics.median(s.overhead_s for s in self.samples)
-            measured_cost = statistics.median(FAMILY_COST[s.family] for s in self.samples)
-            rate *= FAMILY_COST[family] / measured_cost
-            basis = (
-                f"no {family.value} run measured; scaled from {len(self.samples)} other run(s) by family cost"
-            )
-        else:
-            rate, overhead = DEFAULT_S_PER_STEP_MP * FAMILY_COST[family], DEFAULT_OVERHEAD_S
-            basis = "no run measured on this machine yet: conservative default"
-        return Prediction(overhead + rate * steps * mp, basis)
-
-    @staticmethod
-    def _fit(samples: Sequence[SpeedSample]) -> tuple[float, float]:
-        """(seconds per step, fixed seconds) of samples of one size.
-
-        With several step counts, sampler time = fixed + slope × steps by the Theil–Sen estimator
-        (median of pairwise slopes: a noisy run cannot drag it), so a sampler call's fixed cost
-        (moving the model to the device, preparing noise) is not billed per step; the fixed part
-        joins the median overhead of the rest of the prompt. With one step count, seconds per step.
-        """
-        recent = samples[:PAIR_SAMPLES]
-        overhead = statistics.median(s.overhead_s for s in recent)
-        slopes = [
-            (b.sampler_s - a.sampler_s) / (b.steps - a.steps)
-            for a, b in itertools.combinations(recent, 2)
-            if a.steps != b.steps
-        ]
-        if slopes and (slope := statistics.median(slopes)) > 0:
-            fixed = statistics.median(s.sampler_s - slope * s.steps for s in recent)
-            return slope, overhead + max(0.0, fixed)
-        return statistics.median(s.sampler_s / s.steps for s in recent), overhead
-
-
-@dataclass(frozen=True)
-class Choice:
-    tier: Tier
-    preset: SamplerPreset
-    predicted_s: float
-    reason: str
-
-
-def choose(
-    tiers: Mapping[Tier, SamplerPreset],
-    family: Family,
-    budget_s: float,
-    quality: Quality,
-    speed: SpeedModel,
-    *,
-    steps_override: int | None = None,
-) -> Choice:
-    """The best tier whose predicted time fits ``budget_s`` times the preference's headroom.
-
-    When nothing fits, the fastest tier, with a reason saying it exceeds the budget.
-
-    Raises:
-        InvalidRequest: a non-positive or non-finite budget.
-    """
-    if not math.isfinite(budget_s) or budget_s <= 0:
-        raise InvalidRequest("time_budget_seconds must be a positive number")
-    allowed = budget_s * HEADROOM[quality]
-    predictions: dict[Tier, Prediction] = {}
-    for tier in TIERS_BEST_FIRST:
-        p = tiers[tier]
-        predictions[tier] = pred = speed.predict(family, p.width, p.height, steps_override or p.steps)
-        if pred.seconds <= allowed:
-            return Choice(
-                tier,
-                p,
-                pred.seconds,
-                f"{TIER_LABELS[tier]}: predicted {pred.seconds:.1f} s fits {allowed:.1f} s "
-                f"({quality.value} keeps {100 - HEADROOM[quality] * 100:.0f}% of {budget_s:g} s spare); "
-                f"{pred.basis}",
-            )
-    fastest = min(predictions, key=lambda t: predictions[t].seconds)
-    pred = predictions[fastest]
-    return Choice(
-        fastest,
-        tiers[fastest],
-        pred.seconds,
-        f"no tier fits {allowed:.1f} s: {TIER_LABELS[fastest]} is the fastest at a predicted "
-        f"{pred.seconds:.1f} s; {pred.basis}",
-    )

@@ -3,29 +3,26 @@
 Both nodes resolve through one function, :func:`resolve`: the preset table (defaults plus the
 user's presets file, validated against ComfyUI's sampler and scheduler lists), the model family
 (detected from the MODEL when asked to), and for tier ``auto`` the budget chooser fed with this
-machine's measured seconds-per-step. The prediction is attached to the prompt's performance record,
-so the monitor reports predicted against actual time.
+machine's measured generations (:mod:`podkit.core.speed`; how many model evaluations a sampler makes
+is counted with ComfyUI's own sampler functions, :class:`SamplerEvaluations`). The prediction is
+attached to the prompt's performance record, so the monitor reports predicted against actual time.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+import threading
+import warnings
+from dataclasses import dataclass, replace
 from typing import Any
 
-from ..core.presets import (
-    Choice,
-    Family,
-    Quality,
-    SamplerPreset,
-    SpeedModel,
-    Tier,
-    choose,
-    family_from_class_names,
-    table_to_wire,
-)
+from ..core.presets import Family, Quality, SamplerPreset, Tier, family_from_class_names, table_to_wire
+from ..core.speed import Prediction, SpeedModel, choose, evaluations_by_name
 from ._comfy import CATEGORY, ComboListOutput, io
 from ._host import services
+
+logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 TIER_OPTIONS = [AUTO, *(t.value for t in Tier)]
@@ -44,6 +41,100 @@ def _schedulers() -> list[str]:
     return list(comfy.samplers.KSampler.SCHEDULERS)
 
 
+class SamplerEvaluations:
+    """Model evaluations of ComfyUI's samplers per step count, counted once per sampler.
+
+    Each sampler function runs twice (4 and 8 steps) on an 8×8 latent with a stand-in model that
+    counts its calls, so two-stage solvers (heun, dpm_2, dpmpp_sde, ...) and samplers added later
+    are priced by what they do, not by a list. A sampler that cannot run that way (a custom one
+    that needs the real model) is priced by its name (:func:`evaluations_by_name`).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lines: dict[str, tuple[float, float] | None] = {}
+
+    def __call__(self, sampler: str, steps: int) -> float:
+        with self._lock:
+            if sampler not in self._lines:
+                self._lines[sampler] = _counted_line(sampler)
+            line = self._lines[sampler]
+        if line is None:
+            return evaluations_by_name(sampler, steps)
+        per_step, extra = line
+        return max(1.0, per_step * steps + extra)
+
+
+def _counted_line(sampler: str) -> tuple[float, float] | None:
+    """(evaluations per step, extra evaluations) of ``sampler``, or None when it cannot be counted."""
+    try:
+        n4, n8 = _count_evaluations(sampler, 4), _count_evaluations(sampler, 8)
+    except Exception as e:  # a sampler that needs more than the stand-in offers
+        logger.debug("PodKit: cannot count the model evaluations of sampler %s: %s", sampler, e)
+        return None
+    if n4 < 1 or n8 < n4:
+        return None
+    per_step = (n8 - n4) / 4
+    return per_step, n4 - 4 * per_step
+
+
+def _count_evaluations(sampler: str, steps: int) -> int:
+    """How often ComfyUI's ``sampler`` calls the model in ``steps`` steps (a stand-in model, on the CPU)."""
+    import comfy.model_sampling
+    import comfy.samplers
+    import torch
+
+    class Sampling(comfy.model_sampling.EPS, comfy.model_sampling.ModelSamplingDiscrete):  # type: ignore[misc]
+        pass
+
+    sampling = Sampling()
+
+    class Patcher:
+        model = sampling
+
+        def get_model_object(self, name: str) -> Any:
+            return sampling if name == "model_sampling" else None
+
+    class Inner:
+        model_sampling = sampling
+
+        def scale_latent_inpaint(self, latent_image: Any, **_: Any) -> Any:
+            return latent_image
+
+    class StandIn:
+        """What a sampler function sees of the CFG guider; denoises to x/2 and counts the calls."""
+
+        cfg = 1.0
+        inner_model = Inner()
+        model_patcher = Patcher()
+        calls = 0
+
+        def __call__(self, x: Any, sigma: Any, model_options: Any = None, **_: Any) -> Any:
+            self.calls += 1
+            out = x * 0.5
+            options = model_options or {}
+            for fn in options.get("sampler_post_cfg_function", []):  # cfg++ samplers read uncond here
+                out = fn({"denoised": out, "cond_denoised": out, "uncond_denoised": out, "model": self,
+                          "uncond": None, "cond": None, "sigma": sigma, "model_options": options, "input": x,
+                          "cond_scale": 1.0})  # fmt: skip
+            return out
+
+    stand_in = StandIn()
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sigmas = comfy.samplers.calculate_sigmas(sampling, "normal", steps)
+        noise, latent = torch.randn(1, 4, 8, 8), torch.zeros(1, 4, 8, 8)
+        extra = {"model_options": {}, "seed": 0}
+        comfy.samplers.sampler_object(sampler).sample(
+            stand_in, sigmas, extra, None, noise, latent, None, True
+        )
+    return stand_in.calls
+
+
+#: The process's counts (a stable object: the monitor's speed model is cached per evaluations).
+EVALUATIONS = SamplerEvaluations()
+
+
 def detect_family(model: Any) -> Family:
     """The family of a ComfyUI MODEL from its model-config class (``comfy/supported_models.py``)."""
     config = getattr(getattr(model, "model", None), "model_config", None)
@@ -56,30 +147,50 @@ def detect_family(model: Any) -> Family:
 class Resolved:
     family: Family
     tier: Tier
-    preset: SamplerPreset
-    predicted_s: float
+    preset: SamplerPreset  # its width and height: the size sampled
+    prediction: Prediction
     reason: str
+    batch: int | None = None  # None: not known here (the settings node; predicted as one image)
+
+    @property
+    def predicted_s(self) -> float:
+        return self.prediction.seconds
 
     def annotation(self) -> dict[str, Any]:
         p = self.preset
         return {
             "family": self.family.value,
             "tier": self.tier.value,
-            "predicted_s": self.predicted_s,
+            "predicted_s": self.prediction.seconds,
+            "predicted_sampler_s": self.prediction.sampler_s,
+            "estimating": self.prediction.estimating,
             "steps": p.steps,
             "sampler": p.sampler,
             "width": p.width,
             "height": p.height,
+            "batch": self.batch,
         }
 
 
 def _speed() -> SpeedModel:
     monitor = services().monitor
-    return monitor.speed_model() if monitor is not None else SpeedModel(())
+    return monitor.speed_model(EVALUATIONS) if monitor is not None else SpeedModel((), EVALUATIONS)
 
 
-def resolve(model: Any, tier: str, family: str, time_budget_seconds: float, quality: str) -> Resolved:
+def resolve(
+    model: Any,
+    tier: str,
+    family: str,
+    time_budget_seconds: float,
+    quality: str,
+    *,
+    size: tuple[int, int] | None = None,
+    batch: int | None = None,
+) -> Resolved:
     """The preset for these node inputs, with its predicted seconds and the reason.
+
+    ``size`` (width, height) replaces the preset's (a latent of the user's own); ``batch`` images
+    are sampled at once. Both go into the prediction.
 
     Raises:
         ConfigError: the presets file is invalid (the message names the entry).
@@ -89,17 +200,18 @@ def resolve(model: Any, tier: str, family: str, time_budget_seconds: float, qual
     book.set_vocabulary(_samplers(), _schedulers())
     table = book.table()
     fam = detect_family(model) if family == AUTO else Family(family)
-    tiers = table[fam]
+    tiers = {
+        t: p if size is None else replace(p, width=size[0], height=size[1]) for t, p in table[fam].items()
+    }
     speed = _speed()
     if tier == AUTO:
-        choice: Choice = choose(tiers, fam, float(time_budget_seconds), Quality(quality), speed)
-        return Resolved(fam, choice.tier, choice.preset, choice.predicted_s, choice.reason)
+        choice = choose(tiers, fam, float(time_budget_seconds), Quality(quality), speed, batch=batch or 1)
+        return Resolved(fam, choice.tier, choice.preset, choice.prediction, choice.reason, batch)
     t = Tier(tier)
     p = tiers[t]
-    pred = speed.predict(fam, p.width, p.height, p.steps)
-    return Resolved(
-        fam, t, p, pred.seconds, f"tier {t.value} chosen; predicted {pred.seconds:.1f} s ({pred.basis})"
-    )
+    pred = speed.predict(fam, p.width, p.height, p.steps, p.sampler, batch or 1)
+    reason = f"tier {t.value} chosen; predicted {pred.seconds:.1f} s ({pred.basis})"
+    return Resolved(fam, t, p, pred, reason, batch)
 
 
 def _fingerprint(
@@ -133,10 +245,13 @@ def _show(node_id: str | None, resolved: Resolved) -> None:
     from server import PromptServer
 
     if node_id is not None:
-        p = resolved.preset
+        p, pred = resolved.preset, resolved.prediction
+        batch = f" ×{resolved.batch}" if (resolved.batch or 1) > 1 else ""
+        estimate = ", estimating" if pred.estimating else ""
         PromptServer.instance.send_progress_text(
             f"{resolved.family.value} {resolved.tier.value}: {p.steps} steps {p.sampler}/{p.scheduler} "
-            f"cfg {p.cfg:g} {p.width}×{p.height}, ~{resolved.predicted_s:.1f} s\n{resolved.reason}",
+            f"cfg {p.cfg:g} {p.width}×{p.height}{batch}, ~{pred.seconds:.1f} s "
+            f"(sampler ~{pred.sampler_s:.1f} s{estimate})\n{resolved.reason}",
             node_id,
         )
 
@@ -306,7 +421,11 @@ class PodKitPresetSampler(_PresetInputs, io.ComfyNode):
 
         import nodes
 
-        resolved = resolve(model, tier, family, time_budget_seconds, quality)
+        size = None
+        if latent_image is not None:  # its size and batch are sampled, not the preset's
+            shape = latent_image["samples"].shape
+            size, batch_size = (int(shape[-1]) * 8, int(shape[-2]) * 8), int(shape[0])
+        resolved = resolve(model, tier, family, time_budget_seconds, quality, size=size, batch=batch_size)
         p = resolved.preset
         node_id = cls.hidden.unique_id if cls.hidden else None
         if latent_image is None:
@@ -316,17 +435,10 @@ class PodKitPresetSampler(_PresetInputs, io.ComfyNode):
                     device=comfy.model_management.intermediate_device(),
                 )
             }
-            info = resolved
-        else:
-            shape = latent_image["samples"].shape
-            width, height = int(shape[-1]) * 8, int(shape[-2]) * 8
-            speed = _speed().predict(resolved.family, width, height, p.steps)
-            sized = SamplerPreset(p.steps, p.cfg, p.sampler, p.scheduler, width, height, p.guidance)
-            info = Resolved(resolved.family, resolved.tier, sized, speed.seconds, resolved.reason)
         if p.guidance is not None:
             positive = node_helpers.conditioning_set_values(positive, {"guidance": p.guidance})
-        _annotate(node_id, info)
-        _show(node_id, info)
+        _annotate(node_id, resolved)
+        _show(node_id, resolved)
         (out,) = nodes.common_ksampler(
             model,
             seed,

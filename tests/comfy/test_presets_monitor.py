@@ -7,6 +7,8 @@ still differ in steps, so the chooser has something to choose between.
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,10 @@ def test_preset_sampler_runs_and_the_report_shows_prediction_vs_actual(comfy: An
     assert (record["tier"], record["steps"], record["width"], record["height"]) == ("draft", 2, 64, 64)
     assert record["sampler"] == "euler"
     assert record["predicted_s"] > 0 and record["prediction_error_pct"] is not None
+    # the first sampler run of the process, with nothing measured before: an estimate, kept out of the fit
+    assert record["estimating"] is True and record["cold"] is True and record["batch"] == 1
+    assert 0 < record["predicted_sampler_s"] < record["predicted_s"]
+    assert record["foreign_cpu"] is not None and record["foreign_cpu"] >= 0  # busy neighbours, measured
     nodes = {n["node_id"]: n for n in record["nodes"]}
     assert nodes[wf.Ids.SAMPLER]["class_type"] == "PodKitPresetSampler"
     assert nodes[wf.Ids.SAMPLER]["seconds"] > 0 and record["sampler_s"] > 0
@@ -104,6 +110,7 @@ def test_preset_sampler_runs_and_the_report_shows_prediction_vs_actual(comfy: An
     second = run_ok(comfy, preset_sampler_prompt(2, tier="auto", time_budget_seconds=600.0))
     record = record_of(comfy, second.prompt_id)
     assert record["tier"] == "high" and record["steps"] == 5  # everything fits 600 s here
+    assert record["estimating"] is True and record["cold"] is False  # one cold run so far: not five
     assert wf.Ids.CKPT in {n["node_id"] for n in record["nodes"] if n["cached"]}
     tiny_budget = run_ok(comfy, preset_sampler_prompt(3, tier="auto", time_budget_seconds=0.1))
     assert record_of(comfy, tiny_budget.prompt_id)["tier"] == "draft"  # nothing fits: the fastest
@@ -163,3 +170,36 @@ def test_a_bad_presets_file_fails_the_node_naming_the_entry(comfy: Any) -> None:
         assert record_of(comfy, result.prompt_id)["status"] == "error"
     finally:
         path.write_text(PRESETS)
+
+
+COUNT_EVALUATIONS = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[2] + "/tests/support")
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+from podkit_import import register_package
+register_package()
+import comfy.samplers
+from podkit.nodes import presets
+names = list(comfy.samplers.KSampler.SAMPLERS)
+print(json.dumps({n: [presets._counted_line(n) is not None, presets.EVALUATIONS(n, 8)] for n in names}))
+"""
+
+
+def test_sampler_evaluations_are_counted_with_the_hosts_samplers(
+    comfy_install: Any, comfy_child_env: Any
+) -> None:
+    """Every sampler in ComfyUI's list runs with the stand-in model: two-stage solvers cost two
+    evaluations a step (one on the last), multistep and SDE-multistep ones one."""
+    out = subprocess.run(
+        [str(comfy_install.python), "-c", COUNT_EVALUATIONS, str(comfy_install.checkout),
+         str(Path(__file__).resolve().parents[2])],
+        cwd=comfy_install.checkout, env=comfy_child_env(None), capture_output=True, text=True, timeout=300,
+        check=True,
+    ).stdout  # fmt: skip
+    counted = json.loads(out.strip().splitlines()[-1])
+    assert [name for name, (ok, _) in counted.items() if not ok] == []
+    eight = {name: n for name, (_, n) in counted.items()}
+    assert {eight[s] for s in ("euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde", "lcm", "ddim")} == {8}
+    assert {eight[s] for s in ("heun", "dpm_2", "dpm_2_ancestral", "dpmpp_sde", "dpmpp_2s_ancestral")} == {15}
