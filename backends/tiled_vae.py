@@ -1,4 +1,4 @@
-"""Exact banded decode of LDM-style image VAEs: a full decode's result in a fraction of its memory (torch).
+"""PodKit's low-memory decode of LDM-style image VAEs: exact where memory allows, streamed past that (torch).
 
 Imported lazily (by the decode node and the benches): it needs torch, which the package root,
 ``core`` and ``server_routes`` must not import.
@@ -11,45 +11,74 @@ overlap 31.5 dB — the decoder's receptive field reaches ~12 latent px past a t
 miss the 40 dB bar, and ComfyUI's VAEDecodeTiled pays 3 decodes for its averaging.
 
 How it works instead, for a decoder shaped like ``comfy.ldm.modules.diffusionmodules.model.Decoder``
-(SD1.x, SD2, SDXL, SD3 and FLUX image VAEs):
+(SD1.x, SD2, SDXL, SD3 and FLUX image VAEs), as a list of :class:`Step` s after ``conv_in``:
 
-1. The *head* (``post_quant_conv``, ``conv_in`` and the mid block with its global
-   self-attention) runs as usual on the latent: it works at latent resolution and is cheap.
-2. Every later layer runs over whole-image activations, one horizontal band of rows at a time: a
-   3×3 convolution's band reads one row more above and below and writes only its own rows, so
-   the bands' outputs tile the layer exactly (no overlap, no blending). GroupNorm statistics are
-   accumulated band by band as each layer's output is produced and applied band by band (fused
-   with the SiLU) by the next convolution. The nearest-neighbour upsample is fused with its
-   convolution. The result equals a full decode up to float rounding.
-3. A residual block writes its output over its input's storage; only the block's inner activation
-   is a second whole-image tensor. The peak is two activations of the widest full-resolution
-   layer plus one band's temporaries (ComfyUI's full decode keeps several activations and
-   per-layer temporaries of the whole image).
+1. **Exact part** (``vae_bands.Run``): every layer runs over whole-image activations, one band of
+   rows at a time; a band's convolution reads the rows its kernel reaches and writes only its own
+   rows, so bands tile the layer exactly. GroupNorm statistics are accumulated band by band and
+   applied (fused with the SiLU) by the next convolution; the upsample is fused with its
+   convolution; a residual block writes its output over its input. A layer holds two whole-image
+   activations (input and output): cheap at the latent's resolution, 1.5 GiB at a 1024² output.
+2. **Streamed part** (``vae_stream``), past the deepest *cut* whose activations fit the budget:
+   GroupNorm statistics measured on sample strips of rows, then one row pipeline to the image.
+   Not bit-exact (statistics from ~1/8 of the rows), ≥ 40 dB from the full decode, with the
+   memory of the cut's activation plus a few bands.
+
+:meth:`TiledDecoder.plan` picks the cut from the memory budget (``core.tiling.decode_budget``):
+when the whole decode fits it is exact (``mode == "exact"``), else ``"streamed"``.
 
 Out of memory (CUDA OOM, a failed CPU allocation, or the host-RAM guard on the CPU) halves the
-band; on a GPU the whole-image activations then move to host RAM with only bands on the device.
+band, then falls back to the smallest streamed plan; on a GPU the whole-image activations then
+move to host RAM with only bands on the device.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import InvalidRequest, PodKitError
-from ..core.tiling import choose_band, layer_rows, next_smaller_band, row_bands
+from ..core.tiling import (
+    ESTIMATE_COST_MAX,
+    SAMPLE_LAYOUTS,
+    STREAM_CHUNK_BYTES,
+    choose_band,
+    next_smaller_band,
+)
+from .vae_bands import (
+    Progress,
+    Run,
+    RunningStats,
+    Step,
+    conv_cost,
+    host_allocations,
+    release_host_memory,
+    stats_of,
+)
+from .vae_stream import STRIP_ELT, chunk_bytes_per_row, estimate, stream, strip_ranges, strip_sizes
+
+__all__ = [
+    "DecodeMemoryError",
+    "DecodeReport",
+    "LdmDecoder",
+    "Plan",
+    "Progress",
+    "RunningStats",
+    "Step",
+    "TiledDecoder",
+    "UnsupportedVAE",
+    "psnr",
+    "stats_of",
+]
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]
-#: MACs per progress unit.
-_COST_UNIT = 10**6
 #: Host RAM the guard keeps free on top of what a CPU allocation needs.
 HOST_RESERVE = 512 * 2**20
 
@@ -62,7 +91,7 @@ class UnsupportedVAE(PodKitError, TypeError):
 
 
 class DecodeMemoryError(PodKitError, MemoryError):
-    """Even the smallest band (with activations in host RAM) does not fit."""
+    """Even the smallest plan and band (with activations in host RAM) do not fit."""
 
     http_status = 507
     code = "decode_out_of_memory"
@@ -129,9 +158,11 @@ class LdmDecoder:
             raise UnsupportedVAE(f"{kind} is not a 2-D image VAE")
         if getattr(decoder, "give_pre_end", False) or not isinstance(decoder.norm_out, nn.GroupNorm):
             raise UnsupportedVAE(f"{kind}: unexpected decoder output stage")
-        mid = decoder.mid
+        mid: Any = decoder.mid
         if not all(hasattr(mid, n) for n in ("block_1", "attn_1", "block_2")):
             raise UnsupportedVAE(f"{kind}: unexpected mid block")
+        _check_block(mid.block_1, "decoder.mid.block_1")
+        _check_block(mid.block_2, "decoder.mid.block_2")
         levels: list[Any] = list(decoder.up)
         for level, up in enumerate(levels):
             if len(getattr(up, "attn", ())) > 0:
@@ -149,30 +180,34 @@ class LdmDecoder:
         return cls(decoder, post if isinstance(post, nn.Module) else None, 2 ** (len(decoder.up) - 1))
 
     def head(self, z: torch.Tensor) -> torch.Tensor:
-        d = self.decoder
+        """``post_quant_conv`` and ``conv_in`` (the latent's resolution, a few channels in)."""
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
-        h = d.conv_in(z)
-        h = d.mid.block_1(h, None)
-        h = _attention(d.mid.attn_1, h)
-        return d.mid.block_2(h, None)  # type: ignore[no-any-return]
+        return self.decoder.conv_in(z)  # type: ignore[no-any-return]
 
     def head_cost(self, h: int, w: int) -> int:
-        d = self.decoder
-        mods = [self.post_quant_conv, d.conv_in, d.mid.block_1, d.mid.attn_1, d.mid.block_2]
-        return sum(_conv_cost(c, h, w) for m in mods if m is not None for c in m.modules())
+        return sum(conv_cost(m, h, w) for m in (self.post_quant_conv, self.decoder.conv_in))
 
-    def body_cost(self, h: int, w: int) -> int:
-        """MACs of the banded convolutions after the head (what progress counts), at latent ``h`` × ``w``."""
+    def steps(self, h: int, w: int) -> list[Step]:
+        """The layers after ``conv_in`` for a latent ``h`` × ``w``, ending with the output stage."""
         d = self.decoder
-        total = 0
+        c = d.conv_in.out_channels
+        steps = [
+            Step("block", d.mid.block_1, h, w, c, c),
+            Step("attn", d.mid.attn_1, h, w, c, c),
+            Step("block", d.mid.block_2, h, w, c, c),
+        ]
         for level in reversed(range(len(d.up))):
             for block in d.up[level].block:
-                total += _conv_cost(block.conv1, h, w) + _conv_cost(block.conv2, h, w)
+                steps.append(Step("block", block, h, w, c, block.conv1.out_channels))
+                c = block.conv1.out_channels
             if level != 0:
-                h, w = h * 2, w * 2
-                total += _conv_cost(getattr(d.up[level].upsample, "conv", None), h, w)
-        return total + _conv_cost(d.conv_out, h, w)
+                ups = d.up[level].upsample
+                cout = ups.conv.out_channels if getattr(ups, "with_conv", False) else c
+                steps.append(Step("up", ups, h, w, c, cout))
+                h, w, c = h * 2, w * 2, cout
+        steps.append(Step("out", d, h, w, c, d.conv_out.out_channels))
+        return steps
 
     def widest_full_res(self) -> tuple[int, int]:
         """(input, output) channels of the widest convolution at the output resolution."""
@@ -182,81 +217,6 @@ class LdmDecoder:
             convs.append(d.up[1].upsample.conv)
         widest = max(convs, key=lambda c: c.in_channels + c.out_channels)
         return widest.in_channels, widest.out_channels
-
-
-_ATTN_PARTS = {"norm", "q", "k", "v", "proj_out"}
-
-
-def _attention(block: Any, x: torch.Tensor) -> torch.Tensor:
-    """The mid block's single-head self-attention over all latent pixels, in O(pixels) memory.
-
-    Same math as LDM's ``AttnBlock`` (``x + proj_out(softmax(q kᵀ / √C) v)``), through
-    ``scaled_dot_product_attention``'s fused kernels: ComfyUI's CPU path materialises the
-    pixels × pixels matrix (1 GiB at 1024², more than all of the banded decode's activations).
-    Any other attention module runs as it is.
-    """
-    names = {n for n, _ in block.named_children()}
-    if names != _ATTN_PARTS or not all(_is_conv(getattr(block, n), 1) for n in ("q", "k", "v", "proj_out")):
-        return block(x)  # type: ignore[no-any-return]
-    b, c, h, w = x.shape
-    n = block.norm(x)
-    q, k, v = (getattr(block, p)(n).reshape(b, 1, c, h * w).transpose(2, 3) for p in ("q", "k", "v"))
-    del n
-    a = F.scaled_dot_product_attention(q, k, v)
-    del q, k, v
-    return x + block.proj_out(a.transpose(2, 3).reshape(b, c, h, w))  # type: ignore[no-any-return]
-
-
-def _conv_cost(m: object, h: int, w: int) -> int:
-    return int(m.weight.numel()) * h * w if isinstance(m, nn.Conv2d) else 0
-
-
-class RunningStats:
-    """Per-group mean and variance of a layer's output, merged band by band (Chan et al., float64)."""
-
-    def __init__(self, groups: int) -> None:
-        self.groups = groups
-        self.n = 0
-        self.mean = torch.zeros(groups, dtype=torch.float64)
-        self.m2 = torch.zeros(groups, dtype=torch.float64)
-
-    def add(self, x: torch.Tensor) -> None:
-        """Fold in a band ``[1, C, rows, W]``."""
-        # Per-channel sums and sums of squares (one vectorised pass each, no temporaries; each
-        # channel's rows are contiguous), then channels into groups in float64. Welford-style
-        # var_mean costs twice a whole GroupNorm here.
-        band = x[0].float()
-        n = band[0].numel()
-        sums = band.sum(dim=(1, 2)).double().cpu().reshape(self.groups, -1)  # cascade sums: accurate
-        squares = torch.linalg.vector_norm(band, dim=(1, 2)).double().cpu().reshape(self.groups, -1)
-        count = n * sums.shape[1]
-        mean = sums.sum(dim=1) / count
-        var = ((squares**2).sum(dim=1) / count - mean**2).clamp_min(0.0)
-        total = self.n + count
-        delta = mean - self.mean
-        self.mean += delta * (count / total)
-        self.m2 += var * count + delta**2 * (self.n * count / total)
-        self.n = total
-
-    def affine(self, norm: nn.GroupNorm, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel (scale, shift) so that ``x * scale + shift == norm(x)`` with these statistics."""
-        if self.n == 0 or norm.num_groups != self.groups:
-            raise InvalidRequest("GroupNorm statistics do not match the layer")
-        per = norm.num_channels // self.groups
-        inv = torch.rsqrt(self.m2 / self.n + norm.eps).repeat_interleave(per)
-        mean = self.mean.repeat_interleave(per)
-        weight = norm.weight.detach().double().cpu() if norm.weight is not None else torch.ones_like(inv)
-        bias = norm.bias.detach().double().cpu() if norm.bias is not None else torch.zeros_like(inv)
-        scale = weight * inv
-        shift = bias - mean * scale
-        shape = (1, norm.num_channels, 1, 1)
-        return scale.to(like).reshape(shape), shift.to(like).reshape(shape)
-
-
-def stats_of(x: torch.Tensor, groups: int) -> RunningStats:
-    s = RunningStats(groups)
-    s.add(x)
-    return s
 
 
 def is_oom(e: BaseException) -> bool:
@@ -279,6 +239,33 @@ def available_host_bytes() -> int | None:
     return None
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How a decode runs: ``steps[:cut]`` over whole-image activations, the rest streamed.
+
+    ``ranges`` are the sample strips' rows (and weights) at the cut (empty: the exact decode,
+    ``cut`` = the output stage); ``sample`` their share of the output rows; ``need`` the bytes the
+    plan is expected to hold at its peak besides the output image; ``extra_cost`` the strips' MACs.
+    """
+
+    cut: int
+    ranges: tuple[tuple[int, int, float], ...] = ()
+    sample: float = 0.0
+    need: int = 0
+    extra_cost: int = 0
+    at: str = "output"  # the step the stream starts at, for logs
+    chunk: int = STREAM_CHUNK_BYTES  # bytes of the row pipeline's chunk at its widest layer
+
+    @property
+    def mode(self) -> str:
+        return "streamed" if self.ranges else "exact"
+
+    def describe(self) -> str:
+        if not self.ranges:
+            return "exact"
+        return f"streamed from {self.at}, statistics from {self.sample:.0%} of the rows"
+
+
 @dataclass
 class DecodeReport:
     """What a decode did (for logs, the bench and tests)."""
@@ -287,11 +274,21 @@ class DecodeReport:
     bands: int
     retries: int
     storage: str
+    plan: Plan = field(default_factory=lambda: Plan(0))
+
+    @property
+    def mode(self) -> str:
+        return self.plan.mode
+
+
+def _step_name(steps: list[Step], i: int) -> str:
+    s = steps[i]
+    return f"{s.kind} {i} ({s.cin} ch at {s.h}×{s.w})"
 
 
 @dataclass
 class TiledDecoder:
-    """Decodes latents ``[B, C, h, w]`` to images ``[B, C_out, H, W]`` in the VAE's raw output range.
+    """Decodes latents ``[B, C, h, w]`` to images in the VAE's raw output range.
 
     Args:
         dec: the checked decoder.
@@ -308,35 +305,89 @@ class TiledDecoder:
     host_guard: bool = True
 
     # ------------------------------------------------------------------ sizing
+    @property
+    def elt(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
     def bytes_per_row_px(self) -> float:
         """Band temporaries per output pixel at the widest full-resolution layer."""
         cin, cout = self.dec.widest_full_res()
-        elt = torch.empty((), dtype=self.dtype).element_size()
-        return float((cin + 2 * cout) * elt)
+        return float((cin + 2 * cout) * self.elt)
+
+    def band_bytes(self, band_px: int, w: int) -> int:
+        """One band's temporaries, at every layer, for ``band_px``-row bands of a latent ``w`` wide."""
+        return max(1, int(band_px * w * self.dec.scale * self.bytes_per_row_px()))
 
     def whole_image_bytes(self, h: int, w: int) -> int:
-        """The two whole-image activations at full resolution the decode keeps (per image)."""
-        cin, cout = self.dec.widest_full_res()
-        elt = torch.empty((), dtype=self.dtype).element_size()
-        return (cin + cout) * h * w * self.dec.scale**2 * elt
+        """The whole-image activations the exact decode holds at its peak (per image)."""
+        return max(s.whole_bytes(self.elt) for s in self.dec.steps(h, w))
 
-    def auto_band(self, h: int, w: int, free_bytes: int) -> int:
-        """Band height for latent ``h`` × ``w`` from the device's free memory."""
-        left = max(0, free_bytes - self.whole_image_bytes(h, w))
+    def auto_band(self, h: int, w: int, budget: int) -> int:
+        """Band height for latent ``h`` × ``w`` within a working-memory ``budget`` (whole-image
+        activations take their share first)."""
+        plan = self.plan(h, w, budget, 0)
         s = self.dec.scale
         return choose_band(
-            out_width=w * s, out_height=h * s, bytes_per_row_px=self.bytes_per_row_px(), free_bytes=left
+            out_width=w * s,
+            out_height=h * s,
+            bytes_per_row_px=self.bytes_per_row_px(),
+            free_bytes=max(0, budget - plan.need),
+            budget_fraction=0.5,
+            max_bytes=(budget // 16) if plan.ranges else 128 * 2**20,
         )
+
+    def plan(self, h: int, w: int, budget: int, band_bytes: int) -> Plan:
+        """The exact decode when it fits ``budget``; else the largest sample of ``SAMPLE_LAYOUTS``
+        that fits at some cut and costs at most ``ESTIMATE_COST_MAX`` of the decode, at the
+        deepest such cut. Nothing fits: the plan that needs least."""
+        steps = self.dec.steps(h, w)
+        elt = self.elt
+        body = sum(s.cost(s.h * s.up) for s in steps)
+        first = max(i for i, s in enumerate(steps) if s.kind == "attn") + 1
+        pre = [
+            max((s.whole_bytes(elt) for s in steps[:cut]), default=0) + band_bytes
+            for cut in range(len(steps))
+        ]
+        last = len(steps) - 1
+        exact = Plan(last, need=max(pre[last], steps[last].whole_bytes(elt) + band_bytes))
+        if exact.need <= budget:
+            return exact
+        least = exact
+        for fraction, count in SAMPLE_LAYOUTS:
+            for cut in range(last - 1, first - 1, -1):
+                tail = steps[cut:]
+                ranges = strip_ranges(tail, tail[-1].h, fraction, count)
+                mem, cost = strip_sizes(tail, ranges, STRIP_ELT)
+                held = steps[cut - 1].out_bytes(elt)
+                row = chunk_bytes_per_row(tail, elt)
+                chunk = max(row, min(STREAM_CHUNK_BYTES, budget - held - band_bytes) // row * row)
+                need = max(pre[cut], held + max(mem, chunk) + band_bytes)
+                plan = Plan(cut, tuple(ranges), fraction, need, cost, _step_name(steps, cut), chunk)
+                if need <= budget and cost <= ESTIMATE_COST_MAX * body:
+                    return plan
+                if need < least.need:
+                    least = plan
+        return least
 
     # ------------------------------------------------------------------ decode
     def decode(
-        self, z: torch.Tensor, band_px: int, progress: Progress | None = None
+        self,
+        z: torch.Tensor,
+        band_px: int,
+        progress: Progress | None = None,
+        *,
+        plan: Plan | None = None,
+        post: Any = None,
     ) -> tuple[torch.Tensor, DecodeReport]:
         """Decode ``z`` in bands of ``band_px`` output rows, shrinking them on out-of-memory.
 
+        ``plan`` (default: exact) comes from :meth:`plan`. Returns raw ``[B, C, H, W]`` float32,
+        or with ``post`` (ComfyUI's ``vae.process_output``, elementwise) an IMAGE ``[B, H, W, C]``
+        written band by band.
+
         Raises:
             InvalidRequest: ``z`` is not a 4-D latent with the decoder's channels.
-            DecodeMemoryError: the smallest band with host-RAM storage still does not fit.
+            DecodeMemoryError: the smallest plan and band with host-RAM storage still do not fit.
         """
         conv_in = self.dec.post_quant_conv or self.dec.decoder.conv_in
         if z.ndim != 4 or z.shape[0] < 1 or z.shape[1] != getattr(conv_in, "in_channels", z.shape[1]):
@@ -346,14 +397,17 @@ class TiledDecoder:
             )
         if band_px <= 0:
             raise InvalidRequest("band size must be positive")
+        h, w = z.shape[2:]
+        plan = plan or Plan(len(self.dec.steps(h, w)) - 1)
         storage = self.device
         first = band_px
         retries = 0
         while True:
             error: str | None = None
             try:
-                out, bands = self._decode_all(z, band_px, storage, progress)
-                return out, DecodeReport(band_px, bands, retries, storage.type)
+                with host_allocations() if "cpu" in (storage.type, self.device.type) else nullcontext():
+                    out, bands = self._decode_all(z, band_px, plan, storage, progress, post)
+                return out, DecodeReport(band_px, bands, retries, storage.type, plan)
             except Exception as e:
                 if not is_oom(e):
                     raise
@@ -362,16 +416,21 @@ class TiledDecoder:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             smaller = next_smaller_band(band_px)
-            if smaller is None and storage.type != "cpu":
-                storage, smaller = torch.device("cpu"), first
+            if smaller is None:
+                least = self.plan(h, w, 0, 0)
+                if least.need < plan.need:
+                    plan, smaller = least, first
+                elif storage.type != "cpu":
+                    storage, smaller = torch.device("cpu"), first
             if smaller is None:
                 raise DecodeMemoryError(f"VAE decode does not fit even with {band_px}-row bands: {error}")
             logger.warning(
-                "PodKit banded decode: out of memory with %d-row bands (%s); retrying with %d "
-                "rows, activations on %s",
+                "PodKit decode: out of memory with %d-row bands (%s); retrying with %d rows, %s, "
+                "activations on %s",
                 band_px,
                 error,
                 smaller,
+                plan.describe(),
                 storage,
             )
             band_px = smaller
@@ -390,164 +449,51 @@ class TiledDecoder:
             raise _HostMemoryLow(f"needs {nbytes / 2**20:.0f} MiB of RAM, {free / 2**20:.0f} MiB available")
 
     def _decode_all(
-        self, z: torch.Tensor, band_px: int, storage: torch.device, progress: Progress | None
+        self,
+        z: torch.Tensor,
+        band_px: int,
+        plan: Plan,
+        storage: torch.device,
+        progress: Progress | None,
+        post: Any,
     ) -> tuple[torch.Tensor, int]:
         d: Any = self.dec.decoder
         batch, (h, w) = z.shape[0], z.shape[2:]
+        steps = self.dec.steps(h, w)
         s = self.dec.scale
-        run = _Run(
-            self,
-            storage,
-            max(1, int(band_px * w * s * self.bytes_per_row_px())),
-            progress,
-            batch * (self.dec.head_cost(h, w) + self.dec.body_cost(h, w)),
-        )
+        cost = self.dec.head_cost(h, w) + sum(st.cost(st.h * st.up) for st in steps) + plan.extra_cost
+        run = Run(self, storage, self.band_bytes(band_px, w), progress, batch * cost)
         out_ch = d.conv_out.out_channels
-        out = self._alloc((batch, out_ch, h * s, w * s), self.output_device, torch.float32)
+        shape = (batch, h * s, w * s, out_ch) if post is not None else (batch, out_ch, h * s, w * s)
+        out = self._alloc(shape, self.output_device, torch.float32)
         for b in range(batch):
             x = self.dec.head(z[b : b + 1].to(self.device, self.dtype)).to(storage)
             run.advance(self.dec.head_cost(h, w))
-            stats = stats_of(x, d.up[-1].block[0].norm1.num_groups)
-            for level in reversed(range(len(d.up))):
-                up = d.up[level]
-                for block in up.block:
-                    x, stats = run.block(block, x, stats)
-                if level != 0:
-                    x, stats = run.upsample(up.upsample, x, stats.groups)
-            run.conv(
-                x,
-                d.conv_out,
-                pre=(d.norm_out, stats),
-                dst=out[b : b + 1],
-                post=torch.tanh if getattr(d, "tanh_out", False) else None,
-            )
+            x, stats = run.steps(steps[: plan.cut], x, stats_of(x, d.mid.block_1.norm1.num_groups))
+            sink = _writer(out, b, post)
+            if plan.ranges:
+                release_host_memory(storage)
+                known = estimate(run, steps[plan.cut :], x, stats, list(plan.ranges))
+                release_host_memory(self.device)
+                stream(run, steps[plan.cut :], x, known, sink, plan.chunk)
+            else:
+                run.out(steps[-1], x, stats, sink)
             del x
+            run.slots.clear()
+            release_host_memory(storage)
+        run.complete()
         return out, run.bands
 
 
-@dataclass
-class _Run:
-    """One decode attempt: band loops over whole-image activations, with progress."""
-
-    owner: TiledDecoder
-    storage: torch.device
-    budget: int  # bytes of one band's temporaries, at every layer
-    progress: Progress | None
-    total_cost: int
-    done_cost: int = 0
-    bands: int = 0
-
-    def advance(self, cost: int) -> None:
-        self.done_cost += cost
-        if self.progress is not None:
-            self.progress(self.done_cost // _COST_UNIT, max(1, self.total_cost // _COST_UNIT))
-
-    def _rows(self, height: int, width: int, conv: Any) -> list[tuple[int, int]]:
-        elt = torch.empty((), dtype=self.owner.dtype).element_size()
-        per_row = (conv.in_channels + 2 * conv.out_channels) * width * elt
-        return row_bands(height, layer_rows(self.budget, height, per_row))
-
-    def _band_in(self, src: torch.Tensor, a: int, b: int, upsample: bool) -> tuple[torch.Tensor, int]:
-        """Input rows a 3×3 convolution needs for output rows ``a:b`` (on the device), and their start."""
-        height = src.shape[2] * (2 if upsample else 1)
-        lo, hi = max(a - 1, 0), min(b + 1, height)
-        dev = self.owner.device
-        if not upsample:
-            return src[:, :, lo:hi].to(dev), lo
-        ilo, ihi = lo // 2, (hi + 1) // 2
-        part = F.interpolate(src[:, :, ilo:ihi].to(dev), scale_factor=2.0, mode="nearest")
-        return part[:, :, lo - 2 * ilo : hi - 2 * ilo], lo
-
-    def conv(
-        self,
-        src: torch.Tensor,
-        conv: nn.Module,
-        *,
-        pre: tuple[nn.GroupNorm, RunningStats] | None = None,
-        dst: torch.Tensor,
-        residual: Callable[[int, int], torch.Tensor] | None = None,
-        upsample: bool = False,
-        post: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        groups: int | None = None,
-    ) -> RunningStats | None:
-        """``dst = post(conv(silu(norm(src))) + residual)`` band by band; statistics of ``dst`` if asked."""
-        height = dst.shape[2]
-        stats = RunningStats(groups) if groups else None
-        affine = (
-            pre[1].affine(pre[0], torch.empty((), device=self.owner.device, dtype=self.owner.dtype))
-            if pre
-            else None
-        )
-        for a, b in self._rows(height, dst.shape[3], conv):
-            part, lo = self._band_in(src, a, b, upsample)
-            if affine is not None:
-                part = F.silu(torch.addcmul(affine[1], part, affine[0]), inplace=True)
-            y = conv(part)[:, :, a - lo : b - lo]
-            del part
-            if residual is not None:
-                y = y + residual(a, b)
-            if post is not None:
-                y = post(y)
-            if stats is not None:
-                stats.add(y)
-            dst[:, :, a:b] = y.to(dst.device, dst.dtype)
-            del y
-            self.bands += 1
-            self.advance(_conv_cost(conv, b - a, dst.shape[3]))
-        return stats
-
-    def block(self, block: Any, x: torch.Tensor, sx: RunningStats) -> tuple[torch.Tensor, RunningStats]:
-        """A residual block; its output overwrites ``x``'s storage."""
-        _, cin, height, width = x.shape
-        cout = block.conv1.out_channels
-        inner = self.owner._alloc((1, cout, height, width), self.storage, x.dtype)
-        si = self.conv(x, block.conv1, pre=(block.norm1, sx), dst=inner, groups=block.norm2.num_groups)
-        assert si is not None  # noqa: S101 - asked for with groups
-        if cout <= cin:
-            # Output channel c, row r lands where input channel c, row r was: a band only
-            # overwrites input rows it has already read (for its shortcut), never rows still needed.
-            dst = x.view(-1)[: cout * height * width].view(1, cout, height, width)
+def _writer(out: torch.Tensor, b: int, post: Any) -> Any:
+    def write(a: int, y: torch.Tensor) -> None:
+        rows = y.to(out.device, torch.float32)
+        if post is None:
+            out[b : b + 1, :, a : a + rows.shape[2]] = rows
         else:
-            dst = self.owner._alloc((1, cout, height, width), self.storage, x.dtype)
-        dev = self.owner.device
-        if hasattr(block, "nin_shortcut") or hasattr(block, "conv_shortcut"):
-            short = block.nin_shortcut if hasattr(block, "nin_shortcut") else block.conv_shortcut
-            k3 = short.kernel_size == (3, 3)
+            out[b, a : a + rows.shape[2]] = post(rows)[0].movedim(0, -1)
 
-            def residual(a: int, b: int) -> torch.Tensor:
-                if not k3:
-                    return short(x[:, :, a:b].to(dev))  # type: ignore[no-any-return]
-                part, lo = self._band_in(x, a, b, False)
-                return short(part)[:, :, a - lo : b - lo]  # type: ignore[no-any-return]
-        else:
-
-            def residual(a: int, b: int) -> torch.Tensor:
-                return x[:, :, a:b].to(dev)
-
-        if hasattr(block, "conv_shortcut") and cout <= cin:
-            dst = self.owner._alloc((1, cout, height, width), self.storage, x.dtype)  # 3×3 reads rows ahead
-        so = self.conv(
-            inner,
-            block.conv2,
-            pre=(block.norm2, si),
-            dst=dst,
-            residual=residual,
-            groups=block.norm2.num_groups,
-        )
-        assert so is not None  # noqa: S101 - asked for with groups
-        del inner
-        return dst, so
-
-    def upsample(self, ups: Any, x: torch.Tensor, groups: int) -> tuple[torch.Tensor, RunningStats]:
-        """Nearest ×2 fused with the upsampler's convolution."""
-        _, c, height, width = x.shape
-        if not getattr(ups, "with_conv", False):
-            y = F.interpolate(x, scale_factor=2.0, mode="nearest")
-            return y, stats_of(y, groups)
-        dst = self.owner._alloc((1, ups.conv.out_channels, height * 2, width * 2), self.storage, x.dtype)
-        stats = self.conv(x, ups.conv, dst=dst, upsample=True, groups=groups)
-        assert stats is not None  # noqa: S101 - asked for with groups
-        return dst, stats
+    return write
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 1.0) -> float:

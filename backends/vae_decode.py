@@ -1,4 +1,4 @@
-"""Cached VAE decode: PodKit's exact banded decode behind the decoded-image cache (torch).
+"""Cached VAE decode: PodKit's low-memory decode behind the decoded-image cache (torch).
 
 Works on any object shaped like ComfyUI's ``comfy.sd.VAE`` (``first_stage_model``, ``device``,
 ``vae_dtype``, ``output_device``, ``process_output``); the host-specific parts (loading the
@@ -24,6 +24,7 @@ from torch import nn
 
 from ..core.decode_cache import DecodeCache, decode_key
 from ..core.errors import InvalidRequest
+from ..core.tiling import decode_budget
 from .tiled_vae import DecodeMemoryError, LdmDecoder, Progress, TiledDecoder, UnsupportedVAE
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,8 @@ class DecodeInfo:
     retries: int
     seconds: float
     reason: str | None = None  # why the fallback ran
+    mode: str | None = None  # the banded decode's "exact" or "streamed" (a hit: what was cached)
+    detail: str | None = None  # how it ran, for the node's progress text and logs
 
 
 @dataclass
@@ -186,13 +189,15 @@ def cached_decode(
     )
     key = None
     if cache is not None:
+        # One key for the exact and the streamed decode (within ~1e-3 of each other): the first
+        # decode of a latent is the one kept, whichever the free memory allowed.
         key = decode_key(latent_digest(samples), vae_fingerprint(vae), settings)
         hit = cache.get(key, read_image)
         if hit is not None:
             return hit[0].clone(), DecodeInfo(
                 str(settings["method"]), hit[1], None, 0, time.perf_counter() - start
             )
-    image, band, retries = _decode(vae, samples, host, dec, band_px, progress)
+    image, band, retries, mode, detail = _decode(vae, samples, host, dec, band_px, progress)
     if dec is None or band is None:
         settings = {"method": "fallback", **dict(host.fallback_settings)}
         if cache is not None:
@@ -207,6 +212,8 @@ def cached_decode(
         retries,
         time.perf_counter() - start,
         reason,
+        mode if band is not None else None,
+        detail,
     )
 
 
@@ -217,8 +224,8 @@ def _decode(
     dec: LdmDecoder | None,
     band_px: int,
     progress: Progress | None,
-) -> tuple[torch.Tensor, int | None, int]:
-    """(image, band used or None for the fallback, OOM retries)."""
+) -> tuple[torch.Tensor, int | None, int, str, str]:
+    """(image, band used or None for the fallback, OOM retries, mode, how it ran)."""
     if dec is not None:
         device = torch.device(getattr(vae, "device", "cpu"))
         decoder = TiledDecoder(
@@ -228,15 +235,17 @@ def _decode(
             output_device=torch.device(getattr(vae, "output_device", "cpu")),
         )
         h, w = samples.shape[2:]
-        need = decoder.whole_image_bytes(h, w)
-        host.prepare(need)
-        band = band_px or decoder.auto_band(h, w, host.free_memory())
+        host.prepare(decoder.whole_image_bytes(h, w))
+        budget = decode_budget(host.free_memory(), host_ram=device.type == "cpu")
+        band = band_px or decoder.auto_band(h, w, budget)
+        plan = decoder.plan(h, w, budget, decoder.band_bytes(band, w))
         try:
             with torch.inference_mode():
-                raw, report = decoder.decode(samples, band, progress)
-                image = vae.process_output(raw).movedim(1, -1)
-            return image, report.band_px, report.retries
+                image, report = decoder.decode(samples, band, progress, plan=plan, post=vae.process_output)
+            detail = f"{report.plan.describe()}, {report.band_px}-px bands"
+            logger.info("PodKit decode: %s (budget %d MiB)", detail, budget // 2**20)
+            return image, report.band_px, report.retries, report.mode, detail
         except DecodeMemoryError as e:
             logger.warning("PodKit decode: %s; falling back to ComfyUI's tiled decode", e)
     with torch.inference_mode():
-        return host.fallback(samples), None, 0
+        return host.fallback(samples), None, 0, "fallback", "core VAE Decode (Tiled)"

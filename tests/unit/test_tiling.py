@@ -9,7 +9,20 @@ import pytest
 from podkit.core.decode_cache import DecodeCache, decode_key
 from podkit.core.errors import InvalidRequest
 from podkit.core.model_cache import ModelCache
-from podkit.core.tiling import MIN_BAND_PX, MIN_ROWS, choose_band, layer_rows, next_smaller_band, row_bands
+from podkit.core.tiling import (
+    CPU_BUDGET_CAP,
+    MIN_BAND_PX,
+    MIN_ROWS,
+    choose_band,
+    decode_budget,
+    layer_rows,
+    merge_strips,
+    needed_rows,
+    next_smaller_band,
+    row_bands,
+    sample_strips,
+    valid_rows,
+)
 
 MiB = 2**20
 
@@ -61,6 +74,70 @@ def test_smaller_band_halves_down_to_the_minimum() -> None:
         steps.append(n)
     assert steps == [256, 128, 64, 32, 16, 8]
     assert next_smaller_band(12) == MIN_BAND_PX
+
+
+def test_decode_budget_is_a_share_of_free_memory_capped_on_the_cpu() -> None:
+    assert decode_budget(400 * MiB, host_ram=True) == 100 * MiB
+    assert decode_budget(64 * 2**30, host_ram=True) == CPU_BUDGET_CAP  # host RAM is shared
+    assert decode_budget(64 * 2**30, host_ram=False) == 16 * 2**30  # a GPU's free memory is the decode's
+    assert decode_budget(-1, host_ram=True) == 0
+
+
+@pytest.mark.parametrize("height", [64, 100, 128, 1024])
+@pytest.mark.parametrize("halo", [0, 1])
+@pytest.mark.parametrize("up", [1, 2])
+def test_needed_rows_determine_the_rows_asked_for(height: int, halo: int, up: int) -> None:
+    out = height * up
+    for lo, hi in [(0, 1), (0, out), (out // 3, out // 2), (out - 5, out), (7, 9)]:
+        src = needed_rows(lo, hi, height, halo, up)
+        assert 0 <= src[0] < src[1] <= height
+        got = valid_rows(*src, height, halo, up)
+        assert got[0] <= lo and hi <= got[1]  # what the input determines covers what was asked
+        # and no row less would do: dropping an input row at a side that is not the border loses one
+        if 0 < src[0] < src[1] - 1:
+            assert valid_rows(src[0] + 1, src[1], height, halo, up)[0] > lo
+        if src[0] < src[1] - 1 and src[1] < height:
+            assert valid_rows(src[0], src[1] - 1, height, halo, up)[1] < hi
+    with pytest.raises(InvalidRequest):
+        valid_rows(3, 3, height, halo, up)
+    with pytest.raises(InvalidRequest):
+        needed_rows(0, out + 1, height, halo, up)
+
+
+def test_valid_rows_keep_the_image_border() -> None:
+    assert valid_rows(0, 10, 100, 1) == (0, 9)  # the top is zero padding: row 0 is exact
+    assert valid_rows(90, 100, 100, 1) == (91, 100)
+    assert valid_rows(0, 100, 100, 1) == (0, 100)
+    assert valid_rows(5, 10, 100, 1, up=2) == (11, 19)
+
+
+@pytest.mark.parametrize("height", [256, 512, 1024, 2048])
+@pytest.mark.parametrize(("fraction", "count"), [(1 / 8, 4), (1 / 16, 4), (1 / 32, 2)])
+def test_sample_strips_spread_over_the_image_and_stand_for_all_its_rows(
+    height: int, fraction: float, count: int
+) -> None:
+    strips = sample_strips(height, fraction, count)
+    assert strips[0][0] == 0 and strips[-1][1] == height  # both borders sampled
+    assert all(a[1] <= b[0] for a, b in zip(strips, strips[1:], strict=False))  # sorted, disjoint
+    rows = sum(hi - lo for lo, hi, _ in strips)
+    assert rows <= max(count + 2, 1.2 * fraction * height)
+    assert abs(sum((hi - lo) * w for lo, hi, w in strips) - height) <= height * 0.02  # weights: the image
+    gaps = [b[0] - a[1] for a, b in zip(strips, strips[1:], strict=False)]
+    assert max(gaps) <= 1.5 * height / count  # no region of the image is left out
+    assert sample_strips(height, 1.0, count) == [(0, height, 1.0)]
+
+
+def test_sample_strips_of_a_small_image_are_the_image() -> None:
+    assert sample_strips(10, 0.9, 4) == [(0, 10, 1.0)]  # 6 strips of 2 rows would cover it all
+    assert len(sample_strips(10, 0.5, 4)) == 6
+    with pytest.raises(InvalidRequest):
+        sample_strips(0, 0.1, 4)
+
+
+def test_merge_strips_averages_weights_by_rows() -> None:
+    assert merge_strips([(10, 20, 2.0), (0, 5, 1.0)]) == [(0, 5, 1.0), (10, 20, 2.0)]
+    ((lo, hi, w),) = merge_strips([(0, 10, 1.0), (5, 15, 3.0)])
+    assert (lo, hi) == (0, 15) and w == pytest.approx((10 * 1 + 10 * 3) / 15)
 
 
 def test_decode_key_depends_on_every_part() -> None:
