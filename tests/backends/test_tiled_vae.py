@@ -7,6 +7,7 @@ here, else the op-for-op copy in tests/support/ldm_vae.py; reduced channels keep
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,12 @@ from ldm_vae import TinyVAE, randomize
 from torch import nn
 
 from podkit.backends import tiled_vae
-from podkit.backends.tiled_vae import DecodeMemoryError, LdmDecoder, TiledDecoder, UnsupportedVAE, psnr
+from podkit.backends.tiled_vae import DecodeMemoryError, LdmDecoder, Plan, TiledDecoder, UnsupportedVAE, psnr
 from podkit.backends.vae_decode import DecodeHost, cached_decode, vae_fingerprint, weights_fingerprint
+from podkit.backends.vae_stream import strip_ranges
 from podkit.core.decode_cache import DecodeCache
 from podkit.core.model_cache import ModelCache
-from podkit.core.tiling import MIN_BAND_PX
+from podkit.core.tiling import BUDGET_FRACTION, MIN_BAND_PX
 
 PSNR_BAR = 40.0
 
@@ -97,6 +99,61 @@ def test_progress_is_monotonic_and_completes(vae: TinyVAE) -> None:
     assert len(seen) > 10
     assert all(b[0] >= a[0] for a, b in zip(seen, seen[1:], strict=False))
     assert len({t for _, t in seen}) == 1 and seen[-1][0] == seen[-1][1]
+
+
+def streamed_plan(decoder: TiledDecoder, h: int, w: int, share: float = 0.4) -> Plan:
+    """The plan the decode takes when only ``share`` of the exact decode's memory is free."""
+    exact = decoder.plan(h, w, 2**50, 0)
+    assert exact.mode == "exact"
+    plan = decoder.plan(h, w, int(exact.need * share), 0)
+    assert plan.mode == "streamed" and plan.need < exact.need
+    return plan
+
+
+def test_low_memory_plans_stream_and_need_less_than_the_exact_decode(vae: TinyVAE) -> None:
+    decoder = banded(vae)
+    plan = streamed_plan(decoder, 32, 24)
+    assert plan.need <= int(decoder.plan(32, 24, 2**50, 0).need * 0.4)
+    assert 0 < plan.sample < 1 and plan.ranges
+    assert "streamed from" in plan.describe()
+
+
+def test_streamed_decode_with_statistics_from_every_row_equals_the_full_decode(vae: TinyVAE) -> None:
+    # The stream's pipeline (bands, carried halo rows, queued shortcuts, upsampling) is exact; only
+    # the GroupNorm statistics are sampled. Sampling every row must therefore give the full decode.
+    decoder = banded(vae)
+    h, w = 32, 24
+    plan = streamed_plan(decoder, h, w)
+    tail = decoder.dec.steps(h, w)[plan.cut :]
+    whole = replace(plan, ranges=tuple(strip_ranges(tail, tail[-1].h, 1.0, 4)), sample=1.0)
+    z = latent(h, w, seed=2, batch=2)
+    with torch.inference_mode():
+        out, report = decoder.decode(z, 16, plan=whole)
+    full = full_raw(vae, z)
+    assert report.mode == "streamed" and out.shape == full.shape
+    assert float((out - full).abs().max()) < 5e-3  # strips are kept in bfloat16 between layers
+    assert psnr(vae.process_output(out), vae.process_output(full)) >= 70
+
+
+def test_streamed_decode_with_sampled_statistics_stays_close_to_the_full_decode(vae: TinyVAE) -> None:
+    # This 32-channel random decoder at 256 x 192 px samples a few dozen rows: its statistics are far
+    # noisier than a full-size SD VAE's at 2048² (bench/bench_decode.py measures the 40 dB bar there).
+    decoder = banded(vae)
+    h, w = 32, 24
+    z = latent(h, w, seed=3)
+    with torch.inference_mode():
+        out, report = decoder.decode(z, 16, plan=streamed_plan(decoder, h, w))
+    assert report.mode == "streamed"
+    assert psnr(vae.process_output(out), vae.process_output(full_raw(vae, z))) >= 24
+
+
+def test_cached_decode_streams_when_free_memory_is_short(vae: TinyVAE) -> None:
+    z = latent(32, 24, seed=5)
+    need = banded(vae).plan(32, 24, 2**50, 0).need
+    host = Host(vae, free=int(need * 0.4 / BUDGET_FRACTION))  # the decode may use a quarter of it
+    image, info = cached_decode(vae, z, host.host(), cache=None)
+    assert info.mode == "streamed" and info.detail and "streamed from" in info.detail
+    assert image.shape == (1, 256, 192, 3) and host.fallbacks == 0
 
 
 class FailingConv(nn.Conv2d):
