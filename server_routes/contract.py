@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from aiohttp import web
 
-
 if TYPE_CHECKING:
     from ..services import Services
 
