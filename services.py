@@ -54,6 +54,9 @@ class SwitchableNotifier:
 
 @dataclass
 class Services:
+    """Every service, each always present: a capability a host lacks (no ai-toolkit, an idle stop
+    that is off) is the service's own answer, never a missing field that each caller must check."""
+
     settings: Settings
     store: ObjectStore
     cache: ModelCache
@@ -63,40 +66,36 @@ class Services:
     saver: OutputSaver
     notifier: SwitchableNotifier
     lora_ram: ByteLRU[object]
+    downloads: DownloadService
+    training: TrainingService  #: without PODKIT_AI_TOOLKIT_DIR it refuses launches (403)
+    monitor: Monitor
+    activity: ActivityProbe
+    idle: IdleWatch  #: off unless PODKIT_IDLE_MINUTES is set (its policy says so)
+    health: HealthChecker
     version: str = __version__
-    training: TrainingService | None = None
-    downloads: DownloadService | None = None
-    monitor: Monitor | None = None
     presets: PresetBook = field(default_factory=lambda: PresetBook(None))
     decode_cache: DecodeCache[object] = field(default_factory=lambda: DecodeCache(2**30))
     started_at: float = field(default_factory=time.time)
     #: what PodKit runs inside (set when it attaches to ComfyUI; standalone otherwise)
     host: HostInfo = STANDALONE
+    #: None when PODKIT_GENERATION_CACHE is off: no store, no folder on the volume (the routes and
+    #: gauges report it as off, and the host does not register a cache provider)
     generation: GenerationStore | None = None
-    activity: ActivityProbe | None = None
-    idle: IdleWatch | None = None
-    health: HealthChecker | None = None
 
     def set_queue_length(self, queue_length: Callable[[], int]) -> None:
         """The host's prompt queue, for the idle watch and the health check (inside ComfyUI)."""
-        if self.activity is not None:
-            self.activity.queue_length = queue_length
-        if self.health is not None:
-            self.health.queue_length = queue_length
+        self.activity.queue_length = queue_length
+        self.health.queue_length = queue_length
 
     def start(self) -> None:
         """Start background work: outbox workers, a first LoRA listing, temp-file cleanup."""
         self.outbox.start()
-        if self.downloads is not None:
-            self.downloads.start()
-        if self.monitor is not None:
-            self.monitor.start()
+        self.downloads.start()
+        self.monitor.start()
         self.cache.clean_temp_files()
         threading.Thread(target=self._first_listing, name="podkit-lora-listing", daemon=True).start()
-        if self.idle is not None:
-            self.idle.start()
-        if self.training is not None:
-            self.training.start()  # reconciles the jobs an earlier process left, then dispatches
+        self.idle.start()
+        self.training.start()  # reconciles the jobs an earlier process left, then dispatches
 
     def _first_listing(self) -> None:
         listing = self.loras.refresh_listing()
@@ -104,13 +103,10 @@ class Services:
             logger.warning("PodKit: cannot list LoRA bucket %s: %s", self.settings.lora_bucket, listing.error)
 
     def close(self) -> None:
-        if self.idle is not None:
-            self.idle.close()
-        if self.training is not None:
-            self.training.close()  # detaches: running trainers go on and are re-attached next start
+        self.idle.close()
+        self.training.close()  # detaches: running trainers go on and are re-attached next start
         self.outbox.stop()
-        if self.downloads is not None:
-            self.downloads.close()
+        self.downloads.close()
         closer = getattr(self.store, "close", None)
         if callable(closer):
             closer()
@@ -185,13 +181,16 @@ def build_services(
         saver,
         switch,
         lora_ram,
+        downloads=downloads,
+        training=training,
         monitor=monitor,
+        activity=probe,
+        idle=IdleWatch(pod.idle, probe, action, notifier=switch),
+        health=health,
         presets=PresetBook(settings.presets_file),
         decode_cache=DecodeCache(
             settings.decode_ram_cache_bytes, cache if settings.decode_disk_cache else None
         ),
-        downloads=downloads,
-        training=training,
         generation=(
             GenerationStore(
                 ModelCache(settings.cache_dir / "generation", max_bytes=settings.generation_cache_max_bytes)
@@ -199,9 +198,6 @@ def build_services(
             if settings.generation_cache
             else None
         ),
-        activity=probe,
-        idle=IdleWatch(pod.idle, probe, action, notifier=switch),
-        health=health,
     )
 
 

@@ -41,6 +41,7 @@ from ..core.errors import (
     StorageError,
     StoreUnavailable,
     Unauthorized,
+    XetOnly,
 )
 from ..core.model_types import civitai_type
 from ..core.objects import ObjectStore, parse_object_uri
@@ -57,13 +58,6 @@ HF_PROBE_THREADS = 8
 #: What a network failure looks like from aiohttp (``Forbidden`` is an ``OSError`` too).
 _NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 SHA256_HEX = frozenset("0123456789abcdef")
-
-
-class XetOnly(PodKitError):
-    """The Hub serves this file through the Xet protocol only, and PodKit fetches over HTTP."""
-
-    http_status = 502
-    code = "xet_only"
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.errors import InvalidRequest, PodKitError
+from ..core.errors import DecodeMemoryError, InvalidRequest, UnsupportedVAE
 from ..core.tiling import (
     ESTIMATE_COST_MAX,
     SAMPLE_LAYOUTS,
@@ -81,20 +81,6 @@ logger = logging.getLogger(__name__)
 
 #: Host RAM the guard keeps free on top of what a CPU allocation needs.
 HOST_RESERVE = 512 * 2**20
-
-
-class UnsupportedVAE(PodKitError, TypeError):
-    """The VAE is not an LDM-style 2-D image VAE; callers fall back to ComfyUI's own tiled path."""
-
-    http_status = 422
-    code = "unsupported_vae"
-
-
-class DecodeMemoryError(PodKitError, MemoryError):
-    """Even the smallest plan and band (with activations in host RAM) do not fit."""
-
-    http_status = 507
-    code = "decode_out_of_memory"
 
 
 class _HostMemoryLow(MemoryError):

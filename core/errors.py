@@ -1,10 +1,15 @@
 """PodKit's exception tree; every error knows the HTTP status a route answers with.
 
+Every error a route can answer with is declared here, so the statuses and wire codes can be read
+in one place (``tests/unit/test_errors.py`` checks this drawing against the classes). The
+ComfyUI-child errors of ``runtime/`` and ``worker/`` never reach a route and stay beside their
+code.
+
 ::
 
     PodKitError (500)
     ├── InvalidRequest (400, ValueError)
-    │   └── UnsupportedMediaType (415)
+    │   ├── UnsupportedMediaType (415)
     │   └── PayloadTooLarge (413)
     ├── Unauthorized (401)
     ├── Forbidden (403, PermissionError)
@@ -12,13 +17,16 @@
     │   └── ObjectNotFound (404, FileNotFoundError)
     ├── Conflict (409)
     ├── CorruptFile (422)
+    ├── UnsupportedVAE (422, TypeError)   not an LDM-style 2-D image VAE
     ├── ConfigError (500)
     ├── StorageError (502)
     │   ├── StoreUnavailable (503, ConnectionError)
     │   ├── AccessDenied (502, PermissionError)   credentials or bucket policy refused us
     │   └── TransferFailed (502)
     │       └── ObjectChanged (502)   the object was replaced while we read it
-    └── InsufficientStorage (507, OSError)
+    ├── XetOnly (502)   the Hub serves the file through the Xet protocol only
+    ├── InsufficientStorage (507, OSError)
+    └── DecodeMemoryError (507, MemoryError)   the smallest decode plan does not fit
 """
 
 from __future__ import annotations
@@ -81,6 +89,13 @@ class CorruptFile(PodKitError):
     code = "corrupt_file"
 
 
+class UnsupportedVAE(PodKitError, TypeError):
+    """The VAE is not an LDM-style 2-D image VAE; callers fall back to ComfyUI's own tiled path."""
+
+    http_status = 422
+    code = "unsupported_vae"
+
+
 class ConfigError(PodKitError):
     http_status = 500
     code = "config_error"
@@ -108,6 +123,20 @@ class ObjectChanged(TransferFailed):
     code = "object_changed"
 
 
+class XetOnly(PodKitError):
+    """The Hub serves this file through the Xet protocol only, and PodKit fetches over HTTP."""
+
+    http_status = 502
+    code = "xet_only"
+
+
 class InsufficientStorage(PodKitError, OSError):
     http_status = 507
     code = "insufficient_storage"
+
+
+class DecodeMemoryError(PodKitError, MemoryError):
+    """Even the smallest decode plan and band (with activations in host RAM) do not fit."""
+
+    http_status = 507
+    code = "decode_out_of_memory"

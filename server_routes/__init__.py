@@ -2,8 +2,9 @@
 
 Mounted on ``PromptServer.instance.routes`` inside ComfyUI (which also serves them under
 ``/api/podkit/…``), or on a bare ``aiohttp.web.Application`` in tests and in the standalone
-control plane. Handlers are thin: parse, call a service (blocking work via ``asyncio.to_thread``),
-answer JSON.
+control plane. Every route is a row of :mod:`.table` (method, path, handler, auth level); the
+handlers live in one module per area, each with its OpenAPI fragment in ``openapi/``. Handlers are
+thin: parse, call a service (blocking work via ``asyncio.to_thread``), answer JSON.
 """
 
 from __future__ import annotations
@@ -12,19 +13,14 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from . import contract, core_routes, downloads, metrics, pod, training
+from .table import ROUTES, mount
 
 if TYPE_CHECKING:
     from ..services import Services
 
-__all__ = ["register"]
+__all__ = ["ROUTES", "register"]
 
 
 def register(routes: web.RouteTableDef, services: Services) -> None:
-    """Add every PodKit route to ``routes``."""
-    core_routes.register(routes, services)
-    downloads.register(routes, services)
-    metrics.register(routes, services)
-    training.register(routes, services)
-    pod.register(routes, services)
-    contract.register(routes, services)
+    """Add every PodKit route to ``routes`` (the table's policy applied)."""
+    mount(routes, services)

@@ -1,13 +1,16 @@
-"""What every PodKit handler shares: JSON errors, the JSON-only body guard, the bearer token."""
+"""What every PodKit handler shares: the route record, JSON errors, the JSON-only body guard, the
+bearer token."""
 
 from __future__ import annotations
 
+import enum
 import functools
 import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -19,12 +22,57 @@ from ..core.errors import (
     UnsupportedMediaType,
 )
 
+if TYPE_CHECKING:
+    from ..services import Services
+
 logger = logging.getLogger(__name__)
 
 ROUTE_PREFIX = "/podkit"
 MAX_JSON_BODY = 256 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: What an area module writes: the request and the services, nothing captured in a closure, so the
+#: route table can name it before any service exists.
+ServiceHandler = Callable[[web.Request, "Services"], Awaitable[web.StreamResponse]]
+
+
+class Auth(enum.Enum):
+    """Who may call a route when ``PODKIT_API_TOKEN`` is set (unset: everyone, as on a laptop)."""
+
+    #: Anyone who reaches the server: a load balancer, a Prometheus scraper, the contract reader.
+    OPEN = "open"
+    #: ``Authorization: Bearer <token>``: every route that writes, or that reveals bucket keys,
+    #: job details, logs, paths or cache folders.
+    TOKEN = "token"  # noqa: S105 (a level's name, not a secret)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One row of the route table: the whole read/write policy is the list of these."""
+
+    method: str
+    path: str  #: under ROUTE_PREFIX, in aiohttp's syntax (``{job_id}``, ``{key:regex}``)
+    handler: ServiceHandler
+    auth: Auth
+
+    @property
+    def url(self) -> str:
+        return ROUTE_PREFIX + self.path
+
+    def bind(self, services: Services) -> Handler:
+        """The aiohttp handler: the policy first (a refusal is a JSON 401), then the area's code."""
+        token = services.settings.api_token
+        needs_token = self.auth is Auth.TOKEN
+        area_handler = self.handler
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if needs_token:
+                check_token(request, token)
+            return await area_handler(request, services)
+
+        handler.__name__ = handler.__qualname__ = area_handler.__name__
+        handler.__doc__ = area_handler.__doc__
+        return json_errors(handler)
 
 
 def error_response(error: PodKitError) -> web.Response:

@@ -3,70 +3,54 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from ..core.download_request import parse_items
-from ..core.errors import StoreUnavailable
-from ._common import ROUTE_PREFIX, check_token, json_errors, only_fields, require_json
+from ._common import only_fields, require_json
 
 if TYPE_CHECKING:
-    from ..backends.downloads import DownloadService
+    from ..backends.downloads import DownloadJob
     from ..services import Services
 
-_JOB_ID = "{job_id}"
+
+async def submit(request: web.Request, services: Services) -> web.Response:
+    body = await require_json(request)
+    svc = services.downloads
+    items = parse_items(body, policy=svc.policy)
+    jobs = await asyncio.to_thread(svc.submit, items, force=bool(body.get("force", False)))
+    return web.json_response({"jobs": [j.to_wire() for j in jobs]}, status=202)
 
 
-def register(routes: web.RouteTableDef, services: Services) -> None:
-    token = services.settings.api_token
+async def listing(request: web.Request, services: Services) -> web.Response:
+    svc = services.downloads
+    return web.json_response({"jobs": [j.to_wire() for j in svc.jobs()], "counts": svc.counts()})
 
-    def manager() -> DownloadService:
-        if services.downloads is None:
-            raise StoreUnavailable("the download manager is not running in this process")
-        return services.downloads
 
-    @routes.post(f"{ROUTE_PREFIX}/downloads")
-    @json_errors
-    async def submit(request: web.Request) -> web.Response:
-        check_token(request, token)
-        body = await require_json(request)
-        svc = manager()
-        items = parse_items(body, policy=svc.policy)
-        jobs = await asyncio.to_thread(svc.submit, items, force=bool(body.get("force", False)))
-        return web.json_response({"jobs": [j.to_wire() for j in jobs]}, status=202)
+async def one(request: web.Request, services: Services) -> web.Response:
+    return web.json_response(services.downloads.get(request.match_info["job_id"]).to_wire())
 
-    @routes.get(f"{ROUTE_PREFIX}/downloads")
-    @json_errors
-    async def listing(request: web.Request) -> web.Response:
-        check_token(request, token)  # URLs, destinations, errors
-        svc = manager()
-        return web.json_response({"jobs": [j.to_wire() for j in svc.jobs()], "counts": svc.counts()})
 
-    @routes.get(f"{ROUTE_PREFIX}/downloads/{_JOB_ID}")
-    @json_errors
-    async def one(request: web.Request) -> web.Response:
-        check_token(request, token)
-        return web.json_response(manager().get(request.match_info["job_id"]).to_wire())
+async def cancel(request: web.Request, services: Services) -> web.Response:
+    """Cancel an active or paused job, or remove a finished one (the body, if any, must be ``{}``)."""
+    if request.body_exists:
+        only_fields(await require_json(request), set())
+    job = await asyncio.to_thread(services.downloads.cancel, request.match_info["job_id"])
+    return web.json_response(job.to_wire())
 
-    @routes.delete(f"{ROUTE_PREFIX}/downloads/{_JOB_ID}")
-    @json_errors
-    async def cancel(request: web.Request) -> web.Response:
-        check_token(request, token)
-        if request.body_exists:
-            only_fields(await require_json(request), set())
-        job = await asyncio.to_thread(manager().cancel, request.match_info["job_id"])
-        return web.json_response(job.to_wire())
 
-    def action(name: str) -> None:
-        @routes.post(f"{ROUTE_PREFIX}/downloads/{_JOB_ID}/{name}")
-        @json_errors
-        async def handler(request: web.Request) -> web.Response:
-            check_token(request, token)
-            only_fields(await require_json(request), set())
-            svc = manager()
-            job = await asyncio.to_thread(getattr(svc, name), request.match_info["job_id"])
-            return web.json_response(job.to_wire())
+async def pause(request: web.Request, services: Services) -> web.Response:
+    return await _change(request, services.downloads.pause)
 
-    action("pause")
-    action("resume")
+
+async def resume(request: web.Request, services: Services) -> web.Response:
+    return await _change(request, services.downloads.resume)
+
+
+async def _change(request: web.Request, verb: Callable[[str], DownloadJob]) -> web.Response:
+    """Pause or resume: an empty JSON body, the job id from the path, the job as it is now."""
+    only_fields(await require_json(request), set())
+    job = await asyncio.to_thread(verb, request.match_info["job_id"])
+    return web.json_response(job.to_wire())

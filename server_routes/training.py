@@ -1,4 +1,8 @@
-"""LoRA training job routes: launch, list, inspect (config, log tail, loss), cancel, delete."""
+"""LoRA training job routes: launch, list, inspect (config, log tail, loss), cancel, delete.
+
+Training is always a service; without ``PODKIT_AI_TOOLKIT_DIR`` the service itself refuses a
+launch (403) and lists no jobs.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,12 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..core.errors import Forbidden, InvalidRequest
-from ._common import ROUTE_PREFIX, check_token, get_bool, json_errors, only_fields, query_int, require_json
+from ..core.errors import InvalidRequest
+from ._common import get_bool, only_fields, query_int, require_json
 
 if TYPE_CHECKING:
-    from ..backends.training_jobs import TrainingService
     from ..services import Services
 
-_JOBS = f"{ROUTE_PREFIX}/training/jobs"
-_JOB_ID = "{job_id}"
 _MAX_ID = 64
 
 
@@ -26,55 +27,35 @@ def _job_id(request: web.Request) -> str:
     return job_id
 
 
-def register(routes: web.RouteTableDef, services: Services) -> None:
-    token = services.settings.api_token
+async def launch(request: web.Request, services: Services) -> web.Response:
+    body = await require_json(request)
+    job = await asyncio.to_thread(services.training.submit, body)
+    return web.json_response(job.to_wire(), status=202)
 
-    def trainer() -> TrainingService:
-        svc = services.training
-        if svc is None:
-            raise Forbidden("training is not available in this process")
-        return svc
 
-    @routes.post(_JOBS)
-    @json_errors
-    async def launch(request: web.Request) -> web.Response:
-        check_token(request, token)
-        body = await require_json(request)
-        job = await asyncio.to_thread(trainer().submit, body)
-        return web.json_response(job.to_wire(), status=202)
+async def listing(request: web.Request, services: Services) -> web.Response:
+    limit = query_int(request, "limit", 200, lo=1, hi=500)
+    jobs = await asyncio.to_thread(services.training.list_jobs, limit=limit)
+    return web.json_response({"jobs": [j.to_wire() for j in jobs]})
 
-    @routes.get(_JOBS)
-    @json_errors
-    async def listing(request: web.Request) -> web.Response:
-        check_token(request, token)  # datasets, bucket keys
-        limit = query_int(request, "limit", 200, lo=1, hi=500)
-        jobs = await asyncio.to_thread(trainer().list_jobs, limit=limit)
-        return web.json_response({"jobs": [j.to_wire() for j in jobs]})
 
-    @routes.get(f"{_JOBS}/{_JOB_ID}")
-    @json_errors
-    async def detail(request: web.Request) -> web.Response:
-        check_token(request, token)  # config, paths, the trainer's log
-        job_id = _job_id(request)
-        lines = query_int(request, "log_lines", 100, lo=0, hi=1000)
-        return web.json_response(await asyncio.to_thread(trainer().detail, job_id, log_lines=lines))
+async def detail(request: web.Request, services: Services) -> web.Response:
+    job_id = _job_id(request)
+    lines = query_int(request, "log_lines", 100, lo=0, hi=1000)
+    return web.json_response(await asyncio.to_thread(services.training.detail, job_id, log_lines=lines))
 
-    @routes.post(f"{_JOBS}/{_JOB_ID}/cancel")
-    @json_errors
-    async def cancel(request: web.Request) -> web.Response:
-        check_token(request, token)
-        job_id = _job_id(request)
-        only_fields(await require_json(request), set())
-        job = await asyncio.to_thread(trainer().cancel, job_id)
-        return web.json_response(job.to_wire())
 
-    @routes.delete(f"{_JOBS}/{_JOB_ID}")
-    @json_errors
-    async def delete(request: web.Request) -> web.Response:
-        check_token(request, token)
-        job_id = _job_id(request)
-        body = await require_json(request) if request.body_exists else {}
-        only_fields(body, {"force"})
-        force = get_bool(body, "force", False)
-        job = await asyncio.to_thread(trainer().delete, job_id, force=force)
-        return web.json_response(job.to_wire())
+async def cancel(request: web.Request, services: Services) -> web.Response:
+    job_id = _job_id(request)
+    only_fields(await require_json(request), set())
+    job = await asyncio.to_thread(services.training.cancel, job_id)
+    return web.json_response(job.to_wire())
+
+
+async def delete(request: web.Request, services: Services) -> web.Response:
+    """Remove a finished job; ``force`` also removes a failed one whose LoRA never reached the bucket."""
+    job_id = _job_id(request)
+    body = await require_json(request) if request.body_exists else {}
+    only_fields(body, {"force"})
+    job = await asyncio.to_thread(services.training.delete, job_id, force=get_bool(body, "force", False))
+    return web.json_response(job.to_wire())

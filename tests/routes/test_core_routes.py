@@ -1,4 +1,4 @@
-"""The /podkit/ routes on a bare aiohttp app, with real services on a temp folder."""
+"""Status, cache, LoRA, outbox and object routes on a bare aiohttp app, with real services on a temp folder."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
-from route_support import SECRETS, TOKEN, client_for, make_services  # noqa: E402
+from route_support import TOKEN, assert_no_secrets, client_for, make_services
 
 from podkit.core.model_cache import CacheKey
 from podkit.core.objects import ObjectRef
@@ -25,11 +25,6 @@ def services(tmp_path: Path) -> Iterator[Services]:
 @pytest.fixture
 async def client(aiohttp_client, services: Services) -> AsyncIterator[TestClient]:  # type: ignore[no-untyped-def]
     yield await client_for(aiohttp_client, services)
-
-
-def assert_no_secrets(text: str) -> None:
-    for value in (*SECRETS.values(), TOKEN):
-        assert value not in text
 
 
 async def test_status(client: TestClient) -> None:

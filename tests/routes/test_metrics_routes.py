@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
+from route_support import client_for, make_services
 
 from podkit.core.presets import DEFAULT_TABLE, Family, Tier
 from podkit.services import Services
-from tests.routes.test_core_routes import client_for, make_services
 from tests.unit.test_metrics import GRAPH, parse_prometheus, run_events
 
 
@@ -28,7 +28,6 @@ async def client(aiohttp_client, services: Services) -> AsyncIterator[TestClient
 
 def feed(svc: Services, pid: str, *, sampler_s: float = 0.0) -> None:
     monitor = svc.monitor
-    assert monitor is not None
     monitor.set_graphs(lambda _pid: GRAPH)
     timings = [("1", 0.0), ("5", 0.0), ("6", sampler_s), ("7", 0.0), ("8", 0.0)]
     for _t, event, data in run_events(pid, ["3", "4"], timings):
@@ -71,16 +70,6 @@ async def test_prometheus_export(client: TestClient, services: Services) -> None
     types, samples = parse_prometheus(await r.text())
     assert types["podkit_generation_seconds"] == "histogram"
     assert samples[("podkit_generations_total", frozenset({("status", "success")}))] == 1
-
-
-async def test_routes_without_a_monitor(client: TestClient, services: Services) -> None:
-    monitor, services.monitor = services.monitor, None
-    try:
-        for path in ("/podkit/metrics", "/podkit/metrics/report"):
-            r = await client.get(path)
-            assert r.status == 503 and (await r.json())["error"] == "monitor_unavailable"
-    finally:
-        services.monitor = monitor
 
 
 async def test_presets_table_and_override_file(

@@ -15,32 +15,17 @@ from pathlib import Path
 import pytest
 import requests
 import schemathesis
-from aiohttp import web
 from hypothesis import HealthCheck, given, settings
+from route_support import app_for, make_services, template
 from schemathesis import APIOperation, Case, GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from podkit.server_routes import register
+from podkit.server_routes import ROUTES
 from podkit.server_routes.contract import build_document
-from podkit.services import Services
-from tests.routes.test_core_routes import make_services
 from tests.support.live_app import LiveApp
 
 DOC = build_document("test")
 MUTATING = {"post", "put", "patch", "delete"}
-
-
-def _app_for(services: Services) -> web.Application:
-    routes = web.RouteTableDef()
-    register(routes, services)
-    app = web.Application(client_max_size=1024**2)
-    app.add_routes(routes)
-    return app
-
-
-def _template(path: str) -> str:
-    """aiohttp's ``{key:.+}`` pattern → OpenAPI's ``{key}``."""
-    return re.sub(r"\{(\w+):[^{}]*(?:\{[^{}]*\}[^{}]*)*\}", r"{\1}", path)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +37,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
         PODKIT_HF_ENDPOINT="http://127.0.0.1:9",
         PODKIT_CIVITAI_BASE_URL="http://127.0.0.1:9",
     )
-    with LiveApp(lambda: _app_for(svc)) as live:
+    with LiveApp(lambda: app_for(svc)) as live:
         yield live
     svc.close()
 
@@ -64,20 +49,11 @@ def api_schema(live: LiveApp) -> schemathesis.BaseSchema:
     return schema
 
 
-def test_every_registered_route_is_documented_and_vice_versa(tmp_path: Path) -> None:
-    svc = make_services(tmp_path)
-    try:
-        routes = web.RouteTableDef()
-        register(routes, svc)
-        registered = {
-            (r.method.lower(), _template(r.path))
-            for r in routes
-            if isinstance(r, web.RouteDef) and r.method != "HEAD"
-        }
-    finally:
-        svc.close()
+def test_every_declared_route_is_documented_and_vice_versa() -> None:
+    """The route table (which is what gets mounted: tests/routes/test_route_table.py) == the contract."""
+    declared = {(r.method.lower(), template(r.url)) for r in ROUTES}
     documented = {(method, path) for path, item in DOC["paths"].items() for method in item}
-    assert registered == documented
+    assert declared == documented
 
 
 def test_fragments_merge_without_conflicts() -> None:
@@ -130,7 +106,7 @@ def test_routes_keep_the_contract(operation: APIOperation, mode: GenerationMode,
 def test_mutations_refuse_requests_without_the_token(tmp_path: Path) -> None:
     svc = make_services(tmp_path, PODKIT_API_TOKEN="openapi-token-1")
     try:
-        with LiveApp(lambda: _app_for(svc)) as live:
+        with LiveApp(lambda: app_for(svc)) as live:
             checked = 0
             for path, item in DOC["paths"].items():
                 for method, op in item.items():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from aiohttp.test_utils import TestClient
@@ -70,44 +69,3 @@ def test_idle_phases_are_published_as_declared() -> None:
 
     doc = build_document("test")
     assert doc["components"]["schemas"]["IdleState"]["properties"]["phase"]["enum"] == list(PHASES)
-
-
-#: GET routes that stay open with a token set: they reveal no bucket key, job detail, log or path
-OPEN_GETS = {
-    "/podkit/status",
-    "/podkit/health",
-    "/podkit/metrics",
-    "/podkit/metrics/report",
-    "/podkit/openapi.json",
-    "/podkit/presets",
-    "/podkit/idle",
-}
-
-
-async def test_with_a_token_every_private_route_requires_it(aiohttp_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Walks every registered route: with PODKIT_API_TOKEN set, anything but OPEN_GETS answers 401
-    without the token (and 401 is never the answer with it)."""
-    svc = make_services(tmp_path, PODKIT_API_TOKEN=TOKEN)
-    try:
-        client: TestClient = await client_for(aiohttp_client, svc)
-        checked = []
-        for route in client.app.router.routes():
-            info = route.resource.get_info() if route.resource is not None else {}
-            path = info.get("path") or info.get("formatter", "")
-            if route.method == "HEAD" or not path.startswith("/podkit/"):
-                continue
-            concrete = re.sub(r"\{[^}]+\}", "x0123456789abcdef0123456789abcdef", path)
-            if route.method == "GET" and path in OPEN_GETS:
-                r = await client.get(concrete)
-                assert r.status != 401, path
-                continue
-            r = await client.request(route.method, concrete, json={})
-            assert r.status == 401, (route.method, path, r.status)
-            r = await client.request(
-                route.method, concrete, json={}, headers={"Authorization": f"Bearer {TOKEN}"}
-            )
-            assert r.status != 401, (route.method, path)
-            checked.append(f"{route.method} {path}")
-        assert "GET /podkit/outbox" in checked and "GET /podkit/training/jobs/{job_id}" in checked
-    finally:
-        svc.close()

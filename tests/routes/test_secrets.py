@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import requests
+from route_support import app_for
 
 from podkit.core.events import RecordingNotifier
 from podkit.core.outbox import Backoff
 from podkit.core.settings import Settings
 from podkit.server_routes.contract import build_document
 from podkit.services import build_services
-from tests.routes.test_openapi import _app_for
 from tests.support.live_app import LiveApp
 
 PLANTED = {
@@ -71,7 +71,7 @@ def test_no_planted_secret_in_answers_events_or_logs(tmp_path: Path, capture: _C
     auth = {"Authorization": f"Bearer {PLANTED['PODKIT_API_TOKEN']}"}
     calls = 0
     try:
-        with LiveApp(lambda: _app_for(svc)) as live, requests.Session() as http:
+        with LiveApp(lambda: app_for(svc)) as live, requests.Session() as http:
             for path, item in build_document("test")["paths"].items():
                 url = live.url + re.sub(r"\{\w+\}", "x", path)
                 for method in item:

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient
 from http_server import fault_server
+from route_support import SECRETS, TOKEN, assert_no_secrets, client_for, make_services
 
 from podkit.services import Services
-from tests.routes.test_core_routes import SECRETS, TOKEN, assert_no_secrets, client_for, make_services
 
 FAKE_AI_TOOLKIT = Path(__file__).resolve().parents[1] / "support" / "fake_ai_toolkit"
 CONTRACT_FIELDS = {

@@ -1,7 +1,11 @@
-"""Real services on a temp folder and a bare aiohttp app serving PodKit's routes (tests/routes)."""
+"""Real services on a temp folder and a bare aiohttp app serving PodKit's routes (tests/routes).
+
+The route tests share these helpers from here, never by importing one another.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from aiohttp import web
@@ -36,9 +40,25 @@ def make_services(tmp_path: Path, **env: str) -> Services:
     return svc
 
 
-async def client_for(aiohttp_client, svc: Services) -> TestClient:  # type: ignore[no-untyped-def]
+def app_for(svc: Services) -> web.Application:
+    """A bare app with every PodKit route, as the standalone control plane mounts them."""
     routes = web.RouteTableDef()
     register(routes, svc)
-    app = web.Application()
+    app = web.Application(client_max_size=1024**2)
     app.add_routes(routes)
-    return await aiohttp_client(app)
+    return app
+
+
+async def client_for(aiohttp_client, svc: Services) -> TestClient:  # type: ignore[no-untyped-def]
+    return await aiohttp_client(app_for(svc))
+
+
+def assert_no_secrets(text: str) -> None:
+    """None of the planted secrets, nor the API token, is in ``text``."""
+    for value in (*SECRETS.values(), TOKEN):
+        assert value not in text
+
+
+def template(path: str) -> str:
+    """aiohttp's ``{key:regex}`` → ``{key}``, as OpenAPI and aiohttp's route info write a path."""
+    return re.sub(r"\{(\w+):[^{}]*(?:\{[^{}]*\}[^{}]*)*\}", r"{\1}", path)
