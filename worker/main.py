@@ -52,7 +52,7 @@ def build_handler(
     if role == "training":
         from .training import TrainingWorker
 
-        if services.training is None:
+        if services.settings.ai_toolkit_dir is None:
             raise ConfigError("the training role needs ai-toolkit (PODKIT_AI_TOOLKIT_DIR)")
         return TrainingWorker(services.training, progress=progress).handle, None, None
     from .inference import InferenceWorker
