@@ -101,13 +101,19 @@ def json_errors(handler: Handler) -> Handler:
     return wrapped
 
 
-def check_token(request: web.Request, token: str | None) -> None:
-    """Require ``Authorization: Bearer <token>`` when a token is configured (constant-time)."""
+def bears_token(request: web.Request, token: str | None) -> bool:
+    """Whether ``request`` may see what a token guards: no token configured, or it bears it
+    (``Authorization: Bearer <token>``, compared in constant time)."""
     if token is None:
-        return
+        return True
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def check_token(request: web.Request, token: str | None) -> None:
+    """Require ``Authorization: Bearer <token>`` when a token is configured."""
+    if not bears_token(request, token):
         raise Unauthorized("this PodKit route requires 'Authorization: Bearer <PODKIT_API_TOKEN>'")
 
 

@@ -1,5 +1,6 @@
 """The status route: version, uptime, host, public settings, optional accelerations, a summary of the
-outbox and of the LoRA listing. Open even with a token set: it never shows a secret."""
+outbox and of the LoRA listing. Open even with a token set: it never shows a secret, and with a
+token set, a caller without it does not see the settings' folders either (paths are the token's)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+from ._common import bears_token
 
 if TYPE_CHECKING:
     from ..services import Services
@@ -36,6 +39,14 @@ def accelerations() -> dict[str, Any]:
     return info
 
 
+def public_settings(request: web.Request, services: Services) -> dict[str, object]:
+    """The settings' public view; its folders (``*_dir``) only for a caller that bears the token."""
+    view = services.settings.public_view()
+    if bears_token(request, services.settings.api_token):
+        return view
+    return {k: v for k, v in view.items() if not k.endswith("_dir")}
+
+
 async def status(request: web.Request, services: Services) -> web.Response:
     counts = await asyncio.to_thread(services.outbox.counts)
     listing = services.loras.snapshot()
@@ -45,7 +56,7 @@ async def status(request: web.Request, services: Services) -> web.Response:
             "version": services.version,
             "uptime_s": round(time.time() - services.started_at, 1),
             "host": services.host.to_wire(),
-            "settings": services.settings.public_view(),
+            "settings": public_settings(request, services),
             "accelerations": accelerations(),
             "outbox": counts,
             "loras": {

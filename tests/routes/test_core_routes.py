@@ -161,6 +161,11 @@ async def test_token_protects_mutations_and_listings(aiohttp_client, tmp_path: P
         assert (await client.get("/podkit/status")).status == 200  # read-only status stays open
         status = await (await client.get("/podkit/status")).text()
         assert_no_secrets(status)
-        assert json.loads(status)["settings"]["api_token_required"] is True
+        settings = json.loads(status)["settings"]
+        assert settings["api_token_required"] is True
+        # folders are the token's: the open status shows them only to a caller that bears it
+        assert not [k for k in settings if k.endswith("_dir")] and str(tmp_path) not in status
+        authorized = await (await client.get("/podkit/status", headers=good)).json()
+        assert authorized["settings"]["cache_dir"] == str(tmp_path / "cache")
     finally:
         svc.close()
