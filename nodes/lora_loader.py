@@ -17,7 +17,7 @@ from ..core.errors import InvalidRequest, PodKitError
 from ..core.loras import LocalLora
 from ..core.objects import ObjectRef
 from ._comfy import CATEGORY, io
-from ._host import services
+from .host import services
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 from ..core.presets import Family, Quality, SamplerPreset, Tier, family_from_class_names, table_to_wire
 from ..core.speed import Prediction, SpeedModel, choose, evaluations_by_name
 from ._comfy import CATEGORY, ComboListOutput, io
-from ._host import services
+from .host import services
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..core.errors import InvalidRequest
 from ._comfy import CATEGORY, io
-from ._host import services
+from .host import services
 
 logger = logging.getLogger(__name__)
 
