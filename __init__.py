@@ -21,7 +21,7 @@ __all__ = ["WEB_DIRECTORY", "comfy_entrypoint", "__version__"]
 async def comfy_entrypoint() -> PodKitExtension:
     """ComfyUI's V3 entry point: build services, mount routes, return the node extension."""
     from .nodes import PodKitExtension
-    from .nodes._host import attach_generation_cache, attach_to_comfyui
+    from .nodes.host import attach_generation_cache, attach_to_comfyui
 
     services = attach_to_comfyui()
     await attach_generation_cache(services)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .backends.downloads import DownloadService
@@ -27,6 +28,7 @@ from .backends.training_jobs import TrainingService, build_training_service
 from .core.decode_cache import DecodeCache
 from .core.events import Notifier, NullNotifier
 from .core.host import STANDALONE, HostInfo
+from .core.lora_patches import DEFAULT_MAX_ENTRIES, LoraPatchCache
 from .core.loras import LoraLibrary
 from .core.lru import ByteLRU
 from .core.model_cache import ModelCache
@@ -75,6 +77,8 @@ class Services:
     version: str = __version__
     presets: PresetBook = field(default_factory=lambda: PresetBook(None))
     decode_cache: DecodeCache[object] = field(default_factory=lambda: DecodeCache(2**30))
+    #: parsed LoRA patches per (LoRA, model, text encoder), for the LoRA loader nodes
+    lora_patches: LoraPatchCache[dict[Any, Any]] = field(default_factory=LoraPatchCache)
     started_at: float = field(default_factory=time.time)
     #: what PodKit runs inside (set when it attaches to ComfyUI; standalone otherwise)
     host: HostInfo = STANDALONE
@@ -191,6 +195,7 @@ def build_services(
         decode_cache=DecodeCache(
             settings.decode_ram_cache_bytes, cache if settings.decode_disk_cache else None
         ),
+        lora_patches=LoraPatchCache(DEFAULT_MAX_ENTRIES),
         generation=(
             GenerationStore(
                 ModelCache(settings.cache_dir / "generation", max_bytes=settings.generation_cache_max_bytes)

@@ -1,11 +1,12 @@
 """Sampler presets: the tier table as data, user overrides, and model-family detection.
 
 The table maps (model family, tier) to a :class:`SamplerPreset`. Users override entries in a YAML or
-JSON file (``PODKIT_PRESETS_FILE``, default ``<ComfyUI user dir>/podkit/presets.yaml``); the node
-layer validates the merged table against ComfyUI's sampler and scheduler lists, which it passes in
-(this module imports no ComfyUI).
+JSON file (``PODKIT_PRESETS_FILE``, default ``<ComfyUI user dir>/podkit/presets.yaml``); the merged
+table is validated against ComfyUI's sampler and scheduler lists, which the host passes in (this
+module imports no ComfyUI).
 
-The time-budget ("auto") chooser and the speed model it predicts with are in :mod:`.speed`.
+The time-budget ("auto") chooser and the speed model it predicts with are in :mod:`.speed`; from a
+node's inputs to one preset is :mod:`.preset_resolve`.
 """
 
 from __future__ import annotations

@@ -53,9 +53,9 @@ def scope_of(graph: Mapping[str, Any], identities: FileIdentities) -> str:
 def cacheable(class_type: str) -> bool:
     """Output nodes (they write files, their ``ui`` points at them) and nodes marked
     ``NOT_IDEMPOTENT`` are never served from the cache."""
-    import nodes
+    import nodes as comfy_nodes  # ComfyUI's top-level nodes.py, not this package
 
-    cls = nodes.NODE_CLASS_MAPPINGS.get(class_type)
+    cls = comfy_nodes.NODE_CLASS_MAPPINGS.get(class_type)
     return not (cls is None or getattr(cls, "OUTPUT_NODE", False) or getattr(cls, "NOT_IDEMPOTENT", False))
 
 

@@ -8,16 +8,14 @@ shared by every node, and fails with the LoRA's name when none of its keys match
 from __future__ import annotations
 
 import logging
-import threading
-import time
-import weakref
 from typing import Any
 
 from ..core.errors import InvalidRequest, PodKitError
 from ..core.loras import LocalLora
 from ..core.objects import ObjectRef
 from ._comfy import CATEGORY, io
-from ._host import services
+from ._progress import ByteProgress, Every, say
+from .host import services
 
 logger = logging.getLogger(__name__)
 
@@ -89,54 +87,45 @@ def _fingerprint(lora_name: str | None, lora_uri: str | None) -> str:
 def _fetch(ref: ObjectRef) -> tuple[LocalLora, dict[str, Any]]:
     """Download (once) and load (once per RAM LRU) the LoRA's state dict, with node progress."""
     import comfy.utils
-    from server import PromptServer
 
     svc = services()
     meta = svc.loras.head(ref)
-    bar = comfy.utils.ProgressBar(max(meta.size, 1))
-    done = 0
-    last = 0.0
-
-    def on_bytes(n: int) -> None:
-        nonlocal done, last
-        done += n
-        now = time.monotonic()
-        if now - last > 0.1 or done >= meta.size:
-            last = now
-            bar.update_absolute(done)  # also raises if the user interrupted the prompt
+    waiting = Every(1.0)
 
     def on_wait() -> None:
-        nonlocal last
-        now = time.monotonic()
-        if now - last > 1.0:
-            last = now
-            node = PromptServer.instance.last_node_id
-            if node is not None:
-                PromptServer.instance.send_progress_text(
-                    f"waiting for another worker to fetch {ref.name}", node
-                )
+        if waiting.due():
+            say(None, f"waiting for another worker to fetch {ref.name}")
 
-    local = svc.loras.ensure_local(ref, meta=meta, on_bytes=on_bytes, on_wait=on_wait)
+    local = svc.loras.ensure_local(ref, meta=meta, on_bytes=ByteProgress(meta.size), on_wait=on_wait)
 
     def load() -> tuple[dict[str, Any], int]:
         with svc.cache.lease(local.key):
             sd = comfy.utils.load_torch_file(str(local.path), safe_load=True)
-        return sd, sum(int(t.nbytes) for t in sd.values())
+        return sd, _nbytes(sd)
 
     sd = svc.lora_ram.get_or_create(local.key.digest, load)
     return local, sd  # type: ignore[return-value]
 
 
-# Parsed LoRA patches per (LoRA, model, text encoder): building them is most of a warm load's time,
-# and they depend only on the LoRA bytes and the model's key map. Weak references make sure an id()
-# reused by a new model object never matches.
-_PATCHES: dict[tuple[str, int, int], tuple[Any, Any, dict[Any, Any], int]] = {}
-_PATCHES_LOCK = threading.Lock()
-_PATCHES_MAX = 4
+def _nbytes(sd: dict[str, Any]) -> int:
+    return sum(int(t.nbytes) for t in sd.values())
 
 
-def _weak(obj: Any) -> Any:
-    return weakref.ref(obj) if obj is not None else (lambda: None)
+def _patches(local: LocalLora, sd: dict[str, Any], unet: Any, text: Any) -> dict[Any, Any]:
+    """The LoRA's patches for this model and text encoder: matched against their key maps once,
+    then served from ``services().lora_patches`` while the same model objects are in use."""
+    import comfy.lora
+    import comfy.lora_convert
+
+    def build() -> tuple[dict[Any, Any], int]:
+        key_map: dict[str, Any] = {}
+        if unet is not None:
+            key_map = comfy.lora.model_lora_keys_unet(unet, key_map)
+        if text is not None:
+            key_map = comfy.lora.model_lora_keys_clip(text, key_map)
+        return comfy.lora.load_lora(comfy.lora_convert.convert_lora(sd), key_map), _nbytes(sd)
+
+    return services().lora_patches.get_or_create(local.key.digest, unet, text, build)
 
 
 def apply_lora(
@@ -147,29 +136,11 @@ def apply_lora(
     Raises:
         InvalidRequest: none of the LoRA's keys match this model (names the LoRA).
     """
-    import comfy.lora
-    import comfy.lora_convert
-
     local, sd = _fetch(ref)
     unet = model.model if model is not None else None
     text = clip.cond_stage_model if clip is not None else None
-    cache_key = (local.key.digest, id(unet), id(text))
-    hit = _PATCHES.get(cache_key)
-    if hit is not None and hit[0]() is unet and hit[1]() is text:
-        patches, total = hit[2], hit[3]
-    else:
-        key_map: dict[str, Any] = {}
-        if unet is not None:
-            key_map = comfy.lora.model_lora_keys_unet(unet, key_map)
-        if text is not None:
-            key_map = comfy.lora.model_lora_keys_clip(text, key_map)
-        patches = comfy.lora.load_lora(comfy.lora_convert.convert_lora(sd), key_map)
-        total = local.info.lora_module_count
-        if unet is not None or text is not None:
-            with _PATCHES_LOCK:
-                while len(_PATCHES) >= _PATCHES_MAX:
-                    _PATCHES.pop(next(iter(_PATCHES)))
-                _PATCHES[cache_key] = (_weak(unet), _weak(text), patches, total)
+    patches = _patches(local, sd, unet, text)
+    total = local.info.lora_module_count
     if not patches:
         raise InvalidRequest(
             f"LoRA {ref.uri}: none of its {total} modules match this model "
@@ -188,14 +159,6 @@ def apply_lora(
             "PodKit LoRA %s: %d of %d modules did not match the model", ref.uri, total - len(applied), total
         )
     return new_model, new_clip, report
-
-
-def _show(report: str) -> None:
-    from server import PromptServer
-
-    node = PromptServer.instance.last_node_id
-    if node is not None:
-        PromptServer.instance.send_progress_text(report, node)
 
 
 class _BucketLora:
@@ -247,7 +210,7 @@ class PodKitR2LoraLoader(_BucketLora, io.ComfyNode):
         if strength_model == 0 and strength_clip == 0:
             return io.NodeOutput(model, clip)
         new_model, new_clip, report = apply_lora(model, clip, ref, strength_model, strength_clip)
-        _show(report)
+        say(None, report)
         return io.NodeOutput(new_model, new_clip)
 
 
@@ -277,5 +240,5 @@ class PodKitR2LoraLoaderModelOnly(_BucketLora, io.ComfyNode):
         if strength_model == 0:
             return io.NodeOutput(model)
         new_model, _, report = apply_lora(model, None, ref, strength_model, 0.0)
-        _show(report)
+        say(None, report)
         return io.NodeOutput(new_model)

@@ -1,44 +1,29 @@
 """Sampler preset nodes: a tier (or a time budget) in, sampler settings or a sampled LATENT out.
 
-Both nodes resolve through one function, :func:`resolve`: the preset table (defaults plus the
-user's presets file, validated against ComfyUI's sampler and scheduler lists), the model family
-(detected from the MODEL when asked to), and for tier ``auto`` the budget chooser fed with this
-machine's measured generations (:mod:`podkit.core.speed`; how many model evaluations a sampler makes
-is counted with ComfyUI's own sampler functions, :class:`SamplerEvaluations`). The prediction is
-attached to the prompt's performance record, so the monitor reports predicted against actual time.
+The choice itself is :mod:`podkit.core.preset_resolve` (the preset table, the family, the budget
+chooser fed with this machine's measured generations). What stays here touches ComfyUI: its sampler
+and scheduler lists, the family of a MODEL, how many model evaluations each of ComfyUI's sampler
+functions makes (:class:`SamplerEvaluations`), the monitor annotation and the sampling itself.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import warnings
-from dataclasses import dataclass, replace
 from typing import Any
 
-from ..core.presets import Family, Quality, SamplerPreset, Tier, family_from_class_names, table_to_wire
-from ..core.speed import Prediction, SpeedModel, choose, evaluations_by_name
+from ..core.preset_resolve import AUTO, PresetInputs, Resolved, Vocabulary, fingerprint, resolve
+from ..core.presets import Family, Quality, SamplerPreset, Tier, family_from_class_names
+from ..core.speed import SpeedModel, evaluations_by_name
 from ._comfy import CATEGORY, ComboListOutput, io
-from ._host import services
+from ._progress import say
+from .host import services
 
 logger = logging.getLogger(__name__)
 
-AUTO = "auto"
 TIER_OPTIONS = [AUTO, *(t.value for t in Tier)]
 FAMILY_OPTIONS = [AUTO, Family.SD15.value, Family.SDXL.value, Family.FLUX.value, Family.GENERIC.value]
-
-
-def _samplers() -> list[str]:
-    import comfy.samplers
-
-    return list(comfy.samplers.KSampler.SAMPLERS)
-
-
-def _schedulers() -> list[str]:
-    import comfy.samplers
-
-    return list(comfy.samplers.KSampler.SCHEDULERS)
 
 
 class SamplerEvaluations:
@@ -143,33 +128,10 @@ def detect_family(model: Any) -> Family:
     return family_from_class_names([c.__name__ for c in type(config).__mro__])
 
 
-@dataclass(frozen=True)
-class Resolved:
-    family: Family
-    tier: Tier
-    preset: SamplerPreset  # its width and height: the size sampled
-    prediction: Prediction
-    reason: str
-    batch: int | None = None  # None: not known here (the settings node; predicted as one image)
+def _vocabulary() -> Vocabulary:
+    import comfy.samplers
 
-    @property
-    def predicted_s(self) -> float:
-        return self.prediction.seconds
-
-    def annotation(self) -> dict[str, Any]:
-        p = self.preset
-        return {
-            "family": self.family.value,
-            "tier": self.tier.value,
-            "predicted_s": self.prediction.seconds,
-            "predicted_sampler_s": self.prediction.sampler_s,
-            "estimating": self.prediction.estimating,
-            "steps": p.steps,
-            "sampler": p.sampler,
-            "width": p.width,
-            "height": p.height,
-            "batch": self.batch,
-        }
+    return comfy.samplers.KSampler.SAMPLERS, comfy.samplers.KSampler.SCHEDULERS
 
 
 def _speed() -> SpeedModel:
@@ -177,83 +139,28 @@ def _speed() -> SpeedModel:
     return monitor.speed_model(EVALUATIONS) if monitor is not None else SpeedModel((), EVALUATIONS)
 
 
-def resolve(
-    model: Any,
-    tier: str,
-    family: str,
-    time_budget_seconds: float,
-    quality: str,
-    *,
-    size: tuple[int, int] | None = None,
-    batch: int | None = None,
+def _resolve(
+    model: Any, inputs: PresetInputs, size: tuple[int, int] | None = None, batch: int | None = None
 ) -> Resolved:
-    """The preset for these node inputs, with its predicted seconds and the reason.
-
-    ``size`` (width, height) replaces the preset's (a latent of the user's own); ``batch`` images
-    are sampled at once. Both go into the prediction.
-
-    Raises:
-        ConfigError: the presets file is invalid (the message names the entry).
-        InvalidRequest: a bad budget for tier auto.
-    """
-    book = services().presets
-    book.set_vocabulary(_samplers(), _schedulers())
-    table = book.table()
-    fam = detect_family(model) if family == AUTO else Family(family)
-    tiers = {
-        t: p if size is None else replace(p, width=size[0], height=size[1]) for t, p in table[fam].items()
-    }
-    speed = _speed()
-    if tier == AUTO:
-        choice = choose(tiers, fam, float(time_budget_seconds), Quality(quality), speed, batch=batch or 1)
-        return Resolved(fam, choice.tier, choice.preset, choice.prediction, choice.reason, batch)
-    t = Tier(tier)
-    p = tiers[t]
-    pred = speed.predict(fam, p.width, p.height, p.steps, p.sampler, batch or 1)
-    reason = f"tier {t.value} chosen; predicted {pred.seconds:.1f} s ({pred.basis})"
-    return Resolved(fam, t, p, pred, reason, batch)
+    """:func:`~podkit.core.preset_resolve.resolve` with what ComfyUI knows: the MODEL's family,
+    the sampler lists and the evaluation counts."""
+    return resolve(
+        services().presets,
+        inputs,
+        detected=detect_family(model),
+        vocabulary=_vocabulary(),
+        speed=_speed(),
+        size=size,
+        batch=batch,
+    )
 
 
-def _fingerprint(
-    tier: str | None, family: str | None, time_budget_seconds: float | None, quality: str | None
-) -> str:
-    """Changes when what the node would choose changes (not with every new measurement)."""
-    try:
-        book = services().presets
-        book.set_vocabulary(_samplers(), _schedulers())
-        table = book.table()
-        if tier != AUTO:
-            return json.dumps([tier, table_to_wire(table)], sort_keys=True)
-        speed = _speed()
-        budget = float(time_budget_seconds or 0)
-        picks = {
-            f.value: choose(table[f], f, budget, Quality(quality or Quality.BALANCED.value), speed).tier.value
-            for f in Family
-        }
-        return json.dumps([tier, family, picks, table_to_wire(table)], sort_keys=True)
-    except Exception as e:  # the node reports the error when it runs
-        return f"invalid:{e}"
-
-
-def _annotate(node_id: str | None, resolved: Resolved) -> None:
+def _report(node_id: str | None, resolved: Resolved) -> None:
+    """The choice to the prompt's performance record (predicted against actual) and to the user."""
     monitor = services().monitor
     if monitor is not None:
         monitor.annotate(node_id=node_id, **resolved.annotation())
-
-
-def _show(node_id: str | None, resolved: Resolved) -> None:
-    from server import PromptServer
-
-    if node_id is not None:
-        p, pred = resolved.preset, resolved.prediction
-        batch = f" ×{resolved.batch}" if (resolved.batch or 1) > 1 else ""
-        estimate = ", estimating" if pred.estimating else ""
-        PromptServer.instance.send_progress_text(
-            f"{resolved.family.value} {resolved.tier.value}: {p.steps} steps {p.sampler}/{p.scheduler} "
-            f"cfg {p.cfg:g} {p.width}×{p.height}{batch}, ~{pred.seconds:.1f} s "
-            f"(sampler ~{pred.sampler_s:.1f} s{estimate})\n{resolved.reason}",
-            node_id,
-        )
+    say(node_id, resolved.describe())
 
 
 def _common_inputs() -> list[io.Input]:
@@ -302,7 +209,11 @@ class _PresetInputs:
         family: str | None = None,
         **_: Any,
     ) -> str:
-        return _fingerprint(tier, family, time_budget_seconds, quality)
+        inputs = PresetInputs(tier or "", family or AUTO, time_budget_seconds or 0.0, quality or "")
+        try:
+            return fingerprint(services().presets, inputs, vocabulary=_vocabulary(), speed=_speed())
+        except Exception as e:  # the node reports the error when it runs
+            return f"invalid:{e}"
 
 
 class PodKitSamplerPreset(_PresetInputs, io.ComfyNode):
@@ -322,8 +233,8 @@ class PodKitSamplerPreset(_PresetInputs, io.ComfyNode):
             outputs=[
                 io.Int.Output("steps", display_name="steps"),
                 io.Float.Output("cfg", display_name="cfg"),
-                ComboListOutput("sampler_name", display_name="sampler_name", options=_samplers()),
-                ComboListOutput("scheduler", display_name="scheduler", options=_schedulers()),
+                ComboListOutput("sampler_name", display_name="sampler_name", options=list(_vocabulary()[0])),
+                ComboListOutput("scheduler", display_name="scheduler", options=list(_vocabulary()[1])),
                 io.Int.Output("width", display_name="width"),
                 io.Int.Output("height", display_name="height"),
                 io.String.Output("tier_chosen", display_name="tier"),
@@ -346,10 +257,8 @@ class PodKitSamplerPreset(_PresetInputs, io.ComfyNode):
         family: str,
         model: Any = None,
     ) -> io.NodeOutput:
-        resolved = resolve(model, tier, family, time_budget_seconds, quality)
-        node_id = cls.hidden.unique_id if cls.hidden else None
-        _annotate(node_id, resolved)
-        _show(node_id, resolved)
+        resolved = _resolve(model, PresetInputs(tier, family, time_budget_seconds, quality))
+        _report(cls.hidden.unique_id if cls.hidden else None, resolved)
         p = resolved.preset
         return io.NodeOutput(
             p.steps,
@@ -415,40 +324,49 @@ class PodKitPresetSampler(_PresetInputs, io.ComfyNode):
         latent_image: Any = None,
         denoise: float = 1.0,
     ) -> io.NodeOutput:
-        import comfy.model_management
-        import node_helpers
-        import torch
-
-        import nodes
-
         size = None
         if latent_image is not None:  # its size and batch are sampled, not the preset's
             shape = latent_image["samples"].shape
             size, batch_size = (int(shape[-1]) * 8, int(shape[-2]) * 8), int(shape[0])
-        resolved = resolve(model, tier, family, time_budget_seconds, quality, size=size, batch=batch_size)
+        inputs = PresetInputs(tier, family, time_budget_seconds, quality)
+        resolved = _resolve(model, inputs, size=size, batch=batch_size)
         p = resolved.preset
-        node_id = cls.hidden.unique_id if cls.hidden else None
         if latent_image is None:
-            latent_image = {
-                "samples": torch.zeros(
-                    [batch_size, 4, p.height // 8, p.width // 8],
-                    device=comfy.model_management.intermediate_device(),
-                )
-            }
-        if p.guidance is not None:
-            positive = node_helpers.conditioning_set_values(positive, {"guidance": p.guidance})
-        _annotate(node_id, resolved)
-        _show(node_id, resolved)
-        (out,) = nodes.common_ksampler(
-            model,
-            seed,
-            p.steps,
-            p.cfg,
-            p.sampler,
-            p.scheduler,
-            positive,
-            negative,
-            latent_image,
-            denoise=denoise,
-        )
-        return io.NodeOutput(out)
+            latent_image = _empty_latent(p, batch_size)
+        _report(cls.hidden.unique_id if cls.hidden else None, resolved)
+        return io.NodeOutput(_sample(model, seed, p, positive, negative, latent_image, denoise))
+
+
+def _empty_latent(preset: SamplerPreset, batch: int) -> dict[str, Any]:
+    """What core Empty Latent Image makes at the preset's size."""
+    import comfy.model_management
+    import torch
+
+    device = comfy.model_management.intermediate_device()
+    return {"samples": torch.zeros([batch, 4, preset.height // 8, preset.width // 8], device=device)}
+
+
+def _sample(
+    model: Any, seed: int, preset: SamplerPreset, positive: Any, negative: Any, latent: Any, denoise: float
+) -> Any:
+    """Core KSampler with the preset's settings; FLUX guidance set on the conditioning as
+    FluxGuidance does."""
+    import node_helpers
+
+    import nodes as comfy_nodes  # ComfyUI's top-level nodes.py, not this package
+
+    if preset.guidance is not None:
+        positive = node_helpers.conditioning_set_values(positive, {"guidance": preset.guidance})
+    (out,) = comfy_nodes.common_ksampler(
+        model,
+        seed,
+        preset.steps,
+        preset.cfg,
+        preset.sampler,
+        preset.scheduler,
+        positive,
+        negative,
+        latent,
+        denoise=denoise,
+    )
+    return out

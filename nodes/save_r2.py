@@ -19,7 +19,7 @@ from ..core.naming import DEFAULT_KEY_TEMPLATE, check_template
 from ..core.objects import validate_bucket
 from ..core.saving import URL_MODES, SavedObject
 from ._comfy import CATEGORY, io
-from ._host import services
+from .host import services
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ from typing import Any
 
 from ..core.errors import InvalidRequest
 from ._comfy import CATEGORY, io
-from ._host import services
+from ._progress import say
+from .host import services
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +51,6 @@ def _fallback(vae: Any, samples: Any, tile_size: int, overlap: int) -> Any:
         vae, {"samples": samples}, tile_size or FALLBACK_TILE_PX, overlap
     )
     return images
-
-
-def _say(text: str) -> None:
-    from server import PromptServer
-
-    node = PromptServer.instance.last_node_id
-    if node is not None:
-        PromptServer.instance.send_progress_text(text, node)
 
 
 class PodKitTiledVAEDecode(io.ComfyNode):
@@ -146,5 +139,5 @@ class PodKitTiledVAEDecode(io.ComfyNode):
         how = f"{info.band_px}-px bands" if info.band_px else info.method
         if info.reason:
             logger.info("PodKit decode fell back to core VAE Decode (Tiled): %s", info.reason)
-        _say(f"{how}, {where}" + (f", {info.retries} out-of-memory retries" if info.retries else ""))
+        say(None, f"{how}, {where}" + (f", {info.retries} out-of-memory retries" if info.retries else ""))
         return io.NodeOutput(image)

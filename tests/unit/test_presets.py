@@ -11,6 +11,7 @@ import pytest
 
 from podkit.core.errors import ConfigError, InvalidRequest
 from podkit.core.metrics import GenerationRecord, NodeTiming
+from podkit.core.preset_resolve import AUTO, PresetInputs, fingerprint, resolve
 from podkit.core.presets import (
     DEFAULT_TABLE,
     Family,
@@ -422,3 +423,88 @@ def test_foreign_cpu_share_from_the_kernel_counters(tmp_path: Path) -> None:
     assert cpu.share() == pytest.approx(0.5, abs=0.05)
     stat.unlink()
     assert cpu.share() is None  # no counters: unknown
+
+
+# ------------------------------------------------------------------------------------------------
+# From the nodes' inputs to one preset (core/preset_resolve.py).
+
+VOCABULARY = (SAMPLERS, SCHEDULERS)
+
+
+def inputs(
+    tier: str = "standard", family: str = AUTO, budget: float = 60.0, quality: str = "quality"
+) -> PresetInputs:
+    return PresetInputs(tier, family, budget, quality)
+
+
+def test_a_fixed_tier_resolves_for_the_detected_or_the_chosen_family() -> None:
+    book, speed = PresetBook(None), SpeedModel(warm(640))
+    got = resolve(book, inputs(), detected=Family.SD15, vocabulary=VOCABULARY, speed=speed)
+    assert (got.family, got.tier, got.preset) == (
+        Family.SD15,
+        Tier.STANDARD,
+        DEFAULT_TABLE[Family.SD15][Tier.STANDARD],
+    )
+    assert got.prediction == speed.predict(Family.SD15, 640, 640, 15, "dpmpp_2m")
+    assert got.reason.startswith("tier standard chosen; predicted") and "measured 5 sd15 runs" in got.reason
+    chosen = resolve(book, inputs(family="sdxl"), detected=Family.SD15, vocabulary=VOCABULARY, speed=speed)
+    assert chosen.family is Family.SDXL and chosen.preset.width == 1024
+
+
+def test_a_latent_of_ones_own_sets_the_size_and_batch_predicted() -> None:
+    speed = SpeedModel([*warm(512), *warm(512, batch=2)])
+    got = resolve(PresetBook(None), inputs(tier="draft"), detected=Family.SD15, vocabulary=VOCABULARY,
+                  speed=speed, size=(512, 384), batch=2)  # fmt: skip
+    assert (got.preset.width, got.preset.height, got.batch) == (512, 384, 2)
+    assert got.prediction == speed.predict(Family.SD15, 512, 384, 8, "dpm_fast", 2)
+    assert got.annotation() == {
+        "family": "sd15", "tier": "draft", "predicted_s": got.predicted_s,
+        "predicted_sampler_s": got.prediction.sampler_s, "estimating": got.prediction.estimating,
+        "steps": 8, "sampler": "dpm_fast", "width": 512, "height": 384, "batch": 2,
+    }  # fmt: skip
+    first, why = got.describe().split("\n")
+    assert first.startswith("sd15 draft: 8 steps dpm_fast/normal cfg 5 512×384 ×2, ~") and why == got.reason
+
+
+def test_tier_auto_asks_the_chooser_with_the_budget_and_quality() -> None:
+    speed = SpeedModel([*warm(512), *warm(640), *warm(768)])
+    high = speed.predict(Family.SD15, 768, 768, 25, "dpmpp_2m_sde").seconds
+    book = PresetBook(None)
+    got = resolve(
+        book, inputs(AUTO, budget=high + 0.01), detected=Family.SD15, vocabulary=VOCABULARY, speed=speed
+    )
+    assert got.tier is Tier.HIGH and "fits" in got.reason
+    balanced = inputs(AUTO, budget=high + 0.01, quality="balanced")
+    assert (
+        resolve(book, balanced, detected=Family.SD15, vocabulary=VOCABULARY, speed=speed).tier
+        is not Tier.HIGH
+    )
+    with pytest.raises(InvalidRequest, match="time_budget_seconds"):
+        resolve(book, inputs(AUTO, budget=0), detected=Family.SD15, vocabulary=VOCABULARY, speed=speed)
+
+
+def test_the_table_is_checked_against_the_hosts_lists(tmp_path: Path) -> None:
+    path = tmp_path / "presets.yaml"
+    path.write_text("sd15:\n  draft: {sampler: lcm}\n")
+    book = PresetBook(path)
+    got = resolve(book, inputs("draft"), detected=Family.SD15, vocabulary=VOCABULARY, speed=SpeedModel(()))
+    assert got.preset.sampler == "lcm"
+    other_host = ([s for s in SAMPLERS if s != "lcm"], SCHEDULERS)
+    with pytest.raises(ConfigError, match=r"sd15\.draft\.sampler: 'lcm' is not a ComfyUI sampler"):
+        resolve(book, inputs("draft"), detected=Family.SD15, vocabulary=other_host, speed=SpeedModel(()))
+
+
+def test_the_fingerprint_follows_the_choice_not_every_measurement(tmp_path: Path) -> None:
+    path = tmp_path / "presets.yaml"
+    book, few, more = PresetBook(path), SpeedModel(warm(512)), SpeedModel(warm(512, n=8))
+
+    def fp(i: PresetInputs, speed: SpeedModel) -> str:
+        return fingerprint(book, i, vocabulary=VOCABULARY, speed=speed)
+
+    assert fp(inputs("draft"), few) == fp(inputs("draft", budget=5), more)  # a fixed tier: the table only
+    assert fp(inputs("draft"), few) != fp(inputs("high"), few)
+    assert fp(inputs(AUTO, budget=30), few) == fp(inputs(AUTO, budget=30), more)  # same picks
+    assert fp(inputs(AUTO, budget=30), few) != fp(inputs(AUTO, budget=3000), few)  # other picks
+    before = fp(inputs("draft"), few)
+    path.write_text("sd15:\n  draft: {steps: 3}\n")
+    assert fp(inputs("draft"), few) != before  # the presets file changed
