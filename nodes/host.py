@@ -82,10 +82,9 @@ def attach_to_comfyui() -> Services:
             register(PromptServer.instance.routes, svc)
             register_model_folders(svc)
             svc.set_queue_length(comfy_queue_length)
-            if svc.monitor is not None:
-                attach_monitor(svc.monitor, on_event=svc.idle.touch if svc.idle is not None else None)
-            if svc.training is not None:  # PODKIT_TRAINING_GPU_POLICY=exclusive sees ComfyUI's queue
-                svc.training.attach_host(generation_busy=comfy_queue_busy, free_vram=comfy_free_vram)
+            attach_monitor(svc.monitor, on_event=svc.idle.touch)
+            # PODKIT_TRAINING_GPU_POLICY=exclusive sees ComfyUI's queue
+            svc.training.attach_host(generation_busy=comfy_queue_busy, free_vram=comfy_free_vram)
             import comfy.samplers
 
             # the presets route validates the table against the same lists as the preset nodes
@@ -123,8 +122,6 @@ def register_model_folders(svc: Services) -> list[str]:
     """
     import folder_paths
 
-    if svc.downloads is None:
-        return []
     added: list[str] = []
     for name, path in svc.downloads.model_folders().items():
         try:

@@ -34,6 +34,7 @@ async def stats(request: web.Request, services: Services) -> web.Response:
         {
             "model_cache": asdict(model_cache),
             "lora_ram": asdict(services.lora_ram.stats()),
+            "lora_patches": services.lora_patches.stats().to_wire(),
             "decode": services.decode_cache.stats().to_wire(),
             "generation": await asyncio.to_thread(generation_stats, services),
             "cache_dir": str(services.cache.root),

@@ -41,7 +41,16 @@ async def test_cache_stats_and_evict(client: TestClient, services: Services) -> 
     for i in range(3):
         services.cache.ensure(CacheKey.for_source("s", f"v{i}"), lambda p: p.write_bytes(b"x" * 100) and None)
     r = await client.get("/podkit/cache/stats")
-    stats = (await r.json())["model_cache"]
+    body = await r.json()
+    stats = body["model_cache"]
+    assert body["lora_patches"] == {
+        "entries": 0,
+        "max_entries": 4,
+        "bytes": 0,
+        "hits": 0,
+        "misses": 0,
+        "evictions": 0,
+    }
     assert (stats["entries"], stats["bytes_on_disk"], stats["misses"]) == (3, 300, 3)
     r = await client.post("/podkit/cache/evict", json={"target_bytes": 100})
     plan = (await r.json())["plan"]

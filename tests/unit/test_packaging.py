@@ -34,7 +34,9 @@ def loaded_after(*modules: str) -> set[str]:
 @pytest.mark.parametrize(
     "modules",
     [(), ("podkit.core.model_cache", "podkit.core.loras", "podkit.core.outbox", "podkit.core.saving"),
-     ("podkit.server_routes",)],
+     ("podkit.server_routes",),
+     tuple(f"podkit.core.{p.stem}" for p in sorted((ROOT / "core").glob("*.py")) if p.stem != "__init__")],
+    ids=["root", "core-services", "routes", "every-core-module"],
 )  # fmt: skip
 def test_imports_stay_light(modules: tuple[str, ...]) -> None:
     heavy = HEAVY & loaded_after(*modules)
