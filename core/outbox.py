@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import random
 import threading
 import time
 import uuid
@@ -24,9 +23,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from .errors import AccessDenied, InvalidRequest, NotFound, PodKitError
+from .errors import InvalidRequest, PodKitError
 from .events import Notifier, NullNotifier
 from .objects import ObjectRef, ObjectStore
+from .retry import Backoff, retryable
+
+__all__ = ["Backoff", "Outbox", "OutboxItem", "OutboxRepo"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,19 +90,6 @@ class OutboxRepo(Protocol):
     def counts(self) -> dict[str, int]: ...
     def next_due(self) -> float | None: ...
     def prune_done(self, keep: int) -> int: ...
-
-
-@dataclass(frozen=True)
-class Backoff:
-    base: float = 1.0
-    cap: float = 300.0
-
-    def delay(self, attempts: int) -> float:
-        raw = min(self.cap, self.base * 2 ** max(0, attempts - 1))
-        return float(raw) * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not crypto
-
-
-_PERMANENT = (AccessDenied, InvalidRequest, NotFound)  # NotFound covers ObjectNotFound (no bucket)
 
 
 class Outbox:
@@ -263,7 +252,7 @@ class Outbox:
             )
         except Exception as e:
             now = time.time()
-            permanent = isinstance(e, _PERMANENT)
+            permanent = not retryable(e)
             if not isinstance(e, PodKitError):
                 logger.exception("outbox: unexpected error uploading %s", item.ref)
             status = "failed" if permanent else "pending"
