@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -99,6 +100,18 @@ class DownloadJob:
         files = list(self.files)
         files[index] = dataclasses.replace(files[index], **changes)
         return dataclasses.replace(self, files=tuple(files))
+
+    def summarised(self) -> DownloadJob:
+        """This job with its type, destination and sha256 taken from its files (once they ran)."""
+        dests = [f.dest for f in self.files if f.dest]
+        types = {f.model_type for f in self.files if f.model_type}
+        model_type = types.pop() if len(types) == 1 else (self.item.type if types else None)
+        if len(self.files) == 1:
+            return dataclasses.replace(
+                self, model_type=model_type, dest=self.files[0].dest, sha256=self.files[0].sha256
+            )
+        dest = (os.path.commonpath(dests) or None) if dests else self.dest
+        return dataclasses.replace(self, model_type=model_type, dest=dest)
 
     def to_wire(self) -> dict[str, object]:
         return {

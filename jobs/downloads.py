@@ -25,7 +25,8 @@ Jobs live in the state database (:mod:`.download_store`); after a restart the un
 resume from their maps. Identical requests while a job is active return that job; an identical
 request later re-runs the same job, which finishes at once when the file is still there (``force``
 re-downloads). Job records are frozen: every change replaces the job under the service's lock, and
-the task running a job, its stop request and its speed sample live in the service's own dicts.
+the task running a job and its stop request live in the service's own dicts (the records and
+their throttled announcing in :mod:`.download_records`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -64,18 +64,15 @@ from ..core.locks import FileLock
 from ..core.objects import ObjectStore, parse_object_uri
 from ..core.settings import Settings
 from ..core.url_policy import UrlPolicy
-from .download_store import DownloadStore
+from .download_records import DownloadRecords
 from .file_fetch import FileFetch
-from .kit import Announcer, Throttle
 from .loop_thread import LoopThread
 from .model_folders import ModelFolders, file_key
 
 logger = logging.getLogger(__name__)
 
-EVENT = "podkit.download"
 #: Bytes that must stay free on the models volume beyond a download.
 FREE_RESERVE = 64 * 2**20
-THROTTLE = Throttle(save_every=2.0, emit_every=0.5)
 KEEP_FINISHED = 500
 #: What a snapshot without an explicit type places (other files of the repo are listed as skipped).
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".onnx")
@@ -111,15 +108,10 @@ class DownloadService:
         self.policy = policy
         self.engine_options = dict(engine_options or {})
         self.free_bytes: Callable[[Path], int] = lambda p: shutil.disk_usage(p).free
-        self._rows = DownloadStore(db)
-        self._announce: Announcer[DownloadJob] = Announcer(
-            self.notifier, EVENT, save=self._rows.save, wire=DownloadJob.to_wire, throttle=THROTTLE
-        )
-        self._lock = threading.RLock()
-        self._jobs: dict[str, DownloadJob] = {j.id: j for j in self._rows.load()}
+        self.records = DownloadRecords(db, self.notifier)
+        self._lock = self.records.lock
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, str] = {}  # "pause" or "cancel" while a job's task is being stopped
-        self._samples: dict[str, tuple[float, int]] = {}  # (time, bytes) of the last speed sample
         self._loop = LoopThread("podkit-downloads")
         self._session: aiohttp.ClientSession | None = None
         self._engine: HttpDownloader | None = None
@@ -144,9 +136,9 @@ class DownloadService:
         self.root.mkdir(parents=True, exist_ok=True)
         self._loop.start(self._setup)
         with self._lock:
-            pending = [j for j in self._jobs.values() if j.status in ACTIVE]
+            pending = [j for j in self.records.all() if j.status in ACTIVE]
         for job in sorted(pending, key=lambda j: j.created):
-            self._update(job.id, status="queued")
+            self.records.update(job.id, status="queued")
             self._schedule(job.id)
 
     async def _setup(self) -> None:
@@ -172,40 +164,6 @@ class DownloadService:
 
         self._loop.stop(shutdown)
 
-    # ------------------------------------------------------------------ records
-    def _update(self, job_id: str, **changes: Any) -> DownloadJob | None:
-        """Replace ``job_id``'s record with ``changes`` applied; None when the job is gone."""
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None:
-                return None
-            job = self._jobs[job_id] = dataclasses.replace(job, **changes)
-            return job
-
-    def _set_file(self, job_id: str, index: int, **changes: Any) -> None:
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is not None:
-                self._jobs[job_id] = job.with_file(index, **changes)
-
-    def _changed(self, job_id: str, *, save: bool = True) -> None:
-        with self._lock:
-            job = self._update(job_id, updated=time.time())
-            if job is not None:
-                self._announce.changed(job_id, job, save=save)
-
-    def _set_status(self, job_id: str, status: str, error: str | None = None) -> None:
-        with self._lock:
-            idle = status in FINISHED or status == "paused"
-            self._update(job_id, status=status, error=error, **({"speed": 0.0, "eta": None} if idle else {}))
-            self._changed(job_id)
-
-    def _forget(self, job_id: str) -> None:
-        self._announce.forget(job_id)
-        self._samples.pop(job_id, None)
-        self._stops.pop(job_id, None)
-        self._tasks.pop(job_id, None)
-
     # ------------------------------------------------------------------ public API
     def submit(self, items: Sequence[DownloadItem], *, force: bool = False) -> list[DownloadJob]:
         """Queue ``items``; returns one job per item (an identical active request's job is reused)."""
@@ -215,35 +173,31 @@ class DownloadService:
         for item in items:
             key = request_key(item)
             with self._lock:
-                job = next((j for j in self._jobs.values() if j.key == key), None)
+                job = next((j for j in self.records.all() if j.key == key), None)
                 if job is not None and job.status in ACTIVE and job.id not in self._stops:
                     ids.append(job.id)  # one transfer for identical requests
                     continue
                 if job is None:
                     now = time.time()
                     job = DownloadJob(id=uuid.uuid4().hex[:16], key=key, item=item, created=now, updated=now)
-                    self._jobs[job.id] = job
+                    self.records.add(job)
                 self._stops.pop(job.id, None)
-                self._update(
+                self.records.update(
                     job.id, force=force, forced_at=time.time() if force else 0.0, status="queued",
                     error=None, files=(), speed=0.0, eta=None,
                 )  # fmt: skip
-            self._changed(job.id)
+            self.records.changed(job.id)
             self._schedule(job.id)
             ids.append(job.id)
         self._prune()
         return [self.get(i) for i in ids]
 
     def get(self, job_id: str) -> DownloadJob:
-        with self._lock:
-            job = self._jobs.get(job_id)
-        if job is None:
-            raise NotFound(f"no download job {job_id!r}")
-        return job
+        return self.records.get(job_id)
 
     def jobs(self) -> list[DownloadJob]:
-        with self._lock:
-            return sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)
+        """Every job, newest first."""
+        return self.records.all()
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -256,8 +210,7 @@ class DownloadService:
         with self._lock:
             job = self.get(job_id)
             if job.status in FINISHED:
-                self._jobs.pop(job.id, None)
-                self._rows.delete(job.id)
+                self.records.remove(job.id)
                 self._forget(job.id)
                 if job.status != "done":
                     self._discard_partials(job)  # a failed job's bytes would never be resumed now
@@ -268,7 +221,7 @@ class DownloadService:
             self._stop_task(job.id)
         else:
             self._discard_partials(job)
-            self._set_status(job.id, "cancelled")
+            self.records.set_status(job.id, "cancelled")
         return self.get(job.id)
 
     def pause(self, job_id: str) -> DownloadJob:
@@ -282,7 +235,7 @@ class DownloadService:
         if running:
             self._stop_task(job.id)
         else:
-            self._set_status(job.id, "paused")
+            self.records.set_status(job.id, "paused")
         return self.get(job.id)
 
     def resume(self, job_id: str) -> DownloadJob:
@@ -292,8 +245,8 @@ class DownloadService:
             if job.status not in ("paused", "failed"):
                 raise Conflict(f"download {job.id} is {job.status}; only a paused or failed job resumes")
             self._stops.pop(job.id, None)
-            self._update(job.id, status="queued", error=None)
-        self._changed(job.id)
+            self.records.update(job.id, status="queued", error=None)
+        self.records.changed(job.id)
         self._schedule(job.id)
         return self.get(job.id)
 
@@ -310,6 +263,10 @@ class DownloadService:
             time.sleep(0.05)
 
     # ------------------------------------------------------------------ scheduling
+    def _forget(self, job_id: str) -> None:
+        self._stops.pop(job_id, None)
+        self._tasks.pop(job_id, None)
+
     def _running(self, job_id: str) -> bool:
         task = self._tasks.get(job_id)
         return task is not None and not task.done()
@@ -319,7 +276,7 @@ class DownloadService:
             # Under the lock that pause/cancel hold while they look at the task: a job paused or
             # cancelled before its task existed was settled by them, and must not start now.
             with self._lock:
-                job = self._jobs.get(job_id)
+                job = self.records.find(job_id)
                 if job is None or job_id in self._stops or job.status != "queued":
                     return
                 task = self._tasks.get(job_id)
@@ -343,23 +300,23 @@ class DownloadService:
 
     def _settle_stopped(self, job_id: str) -> None:
         with self._lock:
-            job = self._jobs.get(job_id)
+            job = self.records.find(job_id)
             if job is None or job.status not in ACTIVE:
                 return
             if self._stops.get(job_id) == "cancel":
                 self._discard_partials(job)
-                self._set_status(job_id, "cancelled")
+                self.records.set_status(job_id, "cancelled")
             else:
                 files = tuple(
                     dataclasses.replace(f, status="paused") if f.status in ACTIVE else f for f in job.files
                 )
-                self._update(job_id, files=files)
-                self._set_status(job_id, "paused")
+                self.records.update(job_id, files=files)
+                self.records.set_status(job_id, "paused")
 
     def _discard_partials(self, job: DownloadJob) -> None:
         """Remove ``job``'s partial files, except those another active job is using."""
         with self._lock:
-            busy = {k for j in self._jobs.values() if j.id != job.id and j.status in ACTIVE for k in j.keys}
+            busy = {k for j in self.records.all() if j.id != job.id and j.status in ACTIVE for k in j.keys}
         for key in job.keys:
             if key not in busy:
                 discard_partial(self.folders.partial(key))
@@ -367,13 +324,12 @@ class DownloadService:
     def _prune(self) -> None:
         with self._lock:
             finished = sorted(
-                (j for j in self._jobs.values() if j.status in FINISHED), key=lambda j: j.updated
+                (j for j in self.records.all() if j.status in FINISHED), key=lambda j: j.updated
             )
-            drop = finished[: max(0, len(finished) - KEEP_FINISHED)]
-            for j in drop:
-                self._jobs.pop(j.id, None)
-                self._forget(j.id)
-        self._rows.delete(*(j.id for j in drop))
+            drop = [j.id for j in finished[: max(0, len(finished) - KEEP_FINISHED)]]
+            for job_id in drop:
+                self._forget(job_id)
+            self.records.remove(*drop)
 
     # ------------------------------------------------------------------ one job
     async def _run(self, job_id: str) -> None:
@@ -393,8 +349,10 @@ class DownloadService:
                 if not files:
                     raise NotFound(f"{describe_source(item)} has no model weights file to place")
             states = [FileState(name=f.filename, bytes_total=f.size, sha256=f.sha256) for f in files]
-            self._update(job_id, files=(*states, *skipped), keys=tuple(file_key(item, f) for f in files))
-            self._set_status(job_id, "running")
+            self.records.update(
+                job_id, files=(*states, *skipped), keys=tuple(file_key(item, f) for f in files)
+            )
+            self.records.set_status(job_id, "running")
             results = await asyncio.gather(
                 *(self._one_file(job_id, i, rf) for i, rf in enumerate(files)), return_exceptions=True
             )
@@ -402,7 +360,7 @@ class DownloadService:
                 if isinstance(r, asyncio.CancelledError):
                     raise r
             errors = [r for r in results if isinstance(r, BaseException)]
-            self._summarise(job_id)
+            self.records.replace(job_id, DownloadJob.summarised)
             if errors:
                 first = errors[0]
                 message = str(first) if isinstance(first, PodKitError) else f"internal error: {first!r}"
@@ -410,44 +368,31 @@ class DownloadService:
                     logger.error("download %s failed", job_id, exc_info=first)
                 if len(results) > 1:
                     message = f"{len(errors)} of {len(results)} files failed; first: {message}"
-                self._set_status(job_id, "failed", message)
+                self.records.set_status(job_id, "failed", message)
             else:
-                self._set_status(job_id, "done")
+                self.records.set_status(job_id, "done")
         except asyncio.CancelledError:
             if job_id not in self._stops:  # the service is closing: the job stays active for the next start
                 raise
             self._settle_stopped(job_id)
         except PodKitError as e:
-            self._set_status(job_id, "failed", str(e))
+            self.records.set_status(job_id, "failed", str(e))
         except Exception as e:
             logger.exception("download %s failed", job_id)
-            self._set_status(job_id, "failed", f"internal error: {e!r}")
-
-    def _summarise(self, job_id: str) -> None:
-        job = self.get(job_id)
-        dests = [f.dest for f in job.files if f.dest]
-        types = {f.model_type for f in job.files if f.model_type}
-        changes: dict[str, Any] = {
-            "model_type": types.pop() if len(types) == 1 else (job.item.type if types else None)
-        }
-        if len(job.files) == 1:
-            changes.update(dest=job.files[0].dest, sha256=job.files[0].sha256)
-        elif dests:
-            changes["dest"] = os.path.commonpath(dests) or None
-        self._update(job_id, **changes)
+            self.records.set_status(job_id, "failed", f"internal error: {e!r}")
 
     async def _one_file(self, job_id: str, index: int, rf: ResolvedFile) -> None:
         key = file_key(self.get(job_id).item, rf)
         try:
             await self._locked_file(job_id, index, rf, key)
-            self._set_file(job_id, index, status="done")
+            self.records.set_file(job_id, index, status="done")
         except asyncio.CancelledError:
-            self._set_file(
+            self.records.set_file(
                 job_id, index, status="paused" if self._stops.get(job_id) == "pause" else "cancelled"
             )
             raise
         except BaseException as e:
-            self._set_file(job_id, index, status="failed", error=str(e))
+            self.records.set_file(job_id, index, status="failed", error=str(e))
             raise
 
     async def _locked_file(self, job_id: str, index: int, rf: ResolvedFile, key: str) -> None:
@@ -469,23 +414,23 @@ class DownloadService:
             else:
                 placed = await asyncio.to_thread(self.folders.present, job.item, rf, key)
                 if placed is not None:
-                    self._set_file(job_id, index, **placed.file_changes(), present=True)
+                    self.records.set_file(job_id, index, **placed.file_changes(), present=True)
                     return
             assert self._slots is not None  # noqa: S101
             async with self._slots:
-                self._set_file(job_id, index, status="running")
+                self.records.set_file(job_id, index, status="running")
                 part = await self._transfer(job_id, index, rf, key)
-            self._set_file(job_id, index, status="verifying")
+            self.records.set_file(job_id, index, status="verifying")
             job = self.get(job_id)
             if all(f.status in ("verifying", "done", "failed", "skipped") for f in job.files):
-                self._set_status(job_id, "verifying")  # every byte is in: classify, check, publish
+                self.records.set_status(job_id, "verifying")  # every byte is in: classify, check, publish
             else:
-                self._progress(job_id, force_emit=True)
+                self.records.progress(job_id, force_emit=True)
             sha = job.files[index].sha256
             placed = await asyncio.to_thread(
                 self.folders.publish, job.item, rf, key, part, sha, force=job.force
             )
-            self._set_file(job_id, index, **placed.file_changes())
+            self.records.set_file(job_id, index, **placed.file_changes())
         finally:
             beat.cancel()
             lock.release()
@@ -506,20 +451,22 @@ class DownloadService:
                 )
 
         def progress(done: int, total: int | None) -> None:
-            self._set_file(
+            self.records.set_file(
                 job_id, index, bytes_done=done, **({} if total is None else {"bytes_total": total})
             )
-            self._progress(job_id)
+            self.records.progress(job_id)
 
         if rf.store_uri is not None:
             sha = await asyncio.to_thread(self._copy_object, job_id, index, rf, part)
-            self._set_file(job_id, index, sha256=sha)
+            self.records.set_file(job_id, index, sha256=sha)
             return part
         assert self._engine is not None  # noqa: S101
         result = await self._engine.fetch(
             rf.url, part, size=rf.size, sha256=rf.sha256, headers=rf.headers, on_progress=progress
         )
-        self._set_file(job_id, index, sha256=result.sha256, bytes_done=result.size, bytes_total=result.size)
+        self.records.set_file(
+            job_id, index, sha256=result.sha256, bytes_done=result.size, bytes_total=result.size
+        )
         return part
 
     def _copy_object(self, job_id: str, index: int, rf: ResolvedFile, part: Path) -> str:
@@ -527,15 +474,13 @@ class DownloadService:
         meta = self.store.head(ref)
         if rf.size is not None and meta.size != rf.size:
             raise Conflict(f"{ref.uri} changed since it was resolved")
-        self._set_file(job_id, index, bytes_done=0, bytes_total=meta.size)
+        self.records.set_file(job_id, index, bytes_done=0, bytes_total=meta.size)
         loop = self._loop.loop
 
         def on_bytes(n: int) -> None:
-            with self._lock:
-                done = self.get(job_id).files[index].bytes_done
-                self._set_file(job_id, index, bytes_done=done + n)
+            self.records.add_bytes(job_id, index, n)
             if loop is not None:
-                loop.call_soon_threadsafe(self._progress, job_id)
+                loop.call_soon_threadsafe(self.records.progress, job_id)
 
         discard_partial(part)
         sha = self.store.download_verified(meta, part, on_bytes=on_bytes)
@@ -545,30 +490,6 @@ class DownloadService:
         with open(part, "rb+") as f:
             os.fsync(f.fileno())
         return sha
-
-    def _progress(self, job_id: str, *, force_emit: bool = False) -> None:
-        """Smooth the speed (a 0.5 s sample, 0.7/0.3 decay), then announce at the kind's pace."""
-        now = time.monotonic()
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None:
-                return
-            done = job.bytes_done
-            t0, b0 = self._samples.get(job_id, (0.0, 0))
-            changes: dict[str, Any] = {"updated": time.time()}
-            if t0 == 0.0:
-                self._samples[job_id] = (now, done)
-            elif now - t0 >= 0.5:
-                rate = max(0.0, (done - b0) / (now - t0))
-                speed = rate if job.speed == 0.0 else 0.7 * job.speed + 0.3 * rate
-                self._samples[job_id] = (now, done)
-                total = job.bytes_total
-                changes.update(
-                    speed=speed, eta=(total - done) / speed if total is not None and speed > 0 else None
-                )
-            job = self._update(job_id, **changes)
-            if job is not None:
-                self._announce.progress(job_id, job, force_emit=force_emit)
 
 
 async def _heartbeat(lock: FileLock) -> None:
