@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from pathlib import Path
 
 import pytest
+import yaml
 
 from podkit.core.download_job import (
     ACTIVE,
@@ -73,3 +76,18 @@ def test_item_helpers() -> None:
     assert describe_source(DownloadItem(source="civitai", version_id=7)) == "civitai:7"
     assert describe_source(DownloadItem(source="bucket", uri="r2://b/k")) == "r2://b/k"
     assert request_key(hf) == request_key(item_from_json(item_to_json(hf))) != request_key(job().item)
+
+
+def test_route_contract_and_panel_share_the_vocabulary() -> None:
+    """The statuses are declared once here; the OpenAPI document and the panel must not drift."""
+    root = Path(__file__).resolve().parents[2]
+    spec = yaml.safe_load((root / "server_routes" / "openapi" / "downloads.yaml").read_text())
+    assert tuple(spec["components"]["schemas"]["DownloadJob"]["properties"]["status"]["enum"]) == STATUSES
+    js = (root / "js" / "panel" / "state.js").read_text()
+
+    def js_set(name: str) -> set[str]:
+        m = re.search(rf"export const {name} = new Set\(\[([^\]]*)\]\)", js)
+        assert m, name
+        return set(re.findall(r'"([^"]+)"', m.group(1)))
+
+    assert js_set("DOWNLOAD_ACTIVE") == ACTIVE and js_set("TERMINAL") == FINISHED
