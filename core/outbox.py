@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
@@ -28,11 +29,22 @@ from .events import Notifier, NullNotifier
 from .objects import ObjectRef, ObjectStore
 from .retry import Backoff, retryable
 
-__all__ = ["Backoff", "Outbox", "OutboxItem", "OutboxRepo"]
+__all__ = ["STATUSES", "Backoff", "Outbox", "OutboxItem", "OutboxRepo", "UploadStatus"]
 
 logger = logging.getLogger(__name__)
 
-STATUSES = ("spooling", "pending", "uploading", "done", "failed")
+
+class UploadStatus(str, Enum):
+    """An outbox item's status; the values are the wire's."""
+
+    SPOOLING = "spooling"
+    PENDING = "pending"
+    UPLOADING = "uploading"
+    DONE = "done"
+    FAILED = "failed"
+
+
+STATUSES = tuple(s.value for s in UploadStatus)
 
 
 @dataclass(frozen=True)
