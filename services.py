@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .backends.downloads import DownloadService
 from .backends.gencache_store import GenerationStore
 from .backends.idle_watch import ActivityProbe, IdleWatch, command_runner, runpod_stopper
 from .backends.local_store import LocalStore
@@ -37,6 +36,8 @@ from .core.outbox import Backoff, Outbox
 from .core.presets import PresetBook
 from .core.saving import OutputSaver
 from .core.settings import Settings
+from .core.url_policy import UrlPolicy
+from .jobs.downloads import DownloadService
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,13 @@ class Services:
         self.db.close()
 
 
+def url_policy(settings: Settings) -> UrlPolicy:
+    """The outbound URL policy the settings name (``PODKIT_URL_ALLOW_HOSTS``, ``_ALLOW_PRIVATE``)."""
+    return UrlPolicy(
+        allow_hosts=frozenset(settings.url_allow_hosts), allow_private=settings.url_allow_private
+    )
+
+
 def make_store(settings: Settings) -> ObjectStore:
     """The object store the settings ask for."""
     if settings.store_kind == "s3":
@@ -154,7 +162,7 @@ def build_services(
         presign_ttl=settings.presign_ttl,
     )
     lora_ram: ByteLRU[object] = ByteLRU(settings.lora_ram_cache_bytes)
-    downloads = DownloadService(settings, db, store, notifier=switch)
+    downloads = DownloadService(settings, db, store, policy=url_policy(settings), notifier=switch)
     training = build_training_service(
         settings, db, store, notifier=switch, on_lora_uploaded=loras.refresh_listing, downloads=downloads
     )

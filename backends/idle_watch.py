@@ -18,12 +18,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from ..core.download_job import ACTIVE as DOWNLOAD_ACTIVE
+from ..core.download_job import DownloadJobs
 from ..core.events import Notifier, NullNotifier
 from ..core.idle import Activity, IdlePolicy, IdleState, evaluate
 from ..core.outbox import Outbox
 from ..core.training import ACTIVE_STATUSES as TRAINING_ACTIVE
-from .downloads import ACTIVE as DOWNLOAD_ACTIVE
-from .downloads import DownloadService
 from .training_jobs import TrainingService
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class ActivityProbe:
     downloads, trainings (an unfinished training upload included) and outbox."""
 
     def __init__(
-        self, outbox: Outbox, downloads: DownloadService | None, training: TrainingService | None
+        self, outbox: Outbox, downloads: DownloadJobs | None, training: TrainingService | None
     ) -> None:
         self.outbox = outbox
         self.downloads = downloads

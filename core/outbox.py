@@ -15,22 +15,36 @@ import contextlib
 import hashlib
 import logging
 import os
-import random
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
-from .errors import AccessDenied, InvalidRequest, NotFound, PodKitError
+from .errors import InvalidRequest, PodKitError
 from .events import Notifier, NullNotifier
 from .objects import ObjectRef, ObjectStore
+from .retry import Backoff, retryable
+
+__all__ = ["STATUSES", "Backoff", "Outbox", "OutboxItem", "OutboxRepo", "UploadStatus"]
 
 logger = logging.getLogger(__name__)
 
-STATUSES = ("spooling", "pending", "uploading", "done", "failed")
+
+class UploadStatus(str, Enum):
+    """An outbox item's status; the values are the wire's."""
+
+    SPOOLING = "spooling"
+    PENDING = "pending"
+    UPLOADING = "uploading"
+    DONE = "done"
+    FAILED = "failed"
+
+
+STATUSES = tuple(s.value for s in UploadStatus)
 
 
 @dataclass(frozen=True)
@@ -88,19 +102,6 @@ class OutboxRepo(Protocol):
     def counts(self) -> dict[str, int]: ...
     def next_due(self) -> float | None: ...
     def prune_done(self, keep: int) -> int: ...
-
-
-@dataclass(frozen=True)
-class Backoff:
-    base: float = 1.0
-    cap: float = 300.0
-
-    def delay(self, attempts: int) -> float:
-        raw = min(self.cap, self.base * 2 ** max(0, attempts - 1))
-        return float(raw) * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not crypto
-
-
-_PERMANENT = (AccessDenied, InvalidRequest, NotFound)  # NotFound covers ObjectNotFound (no bucket)
 
 
 class Outbox:
@@ -263,7 +264,7 @@ class Outbox:
             )
         except Exception as e:
             now = time.time()
-            permanent = isinstance(e, _PERMANENT)
+            permanent = not retryable(e)
             if not isinstance(e, PodKitError):
                 logger.exception("outbox: unexpected error uploading %s", item.ref)
             status = "failed" if permanent else "pending"

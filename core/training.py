@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .download_request import redact_url
 from .errors import Forbidden, InvalidRequest
+from .url_policy import redact_url
 
 STATUSES = ("queued", "preparing", "running", "uploading", "done", "failed", "cancelled")
 ACTIVE_STATUSES = ("queued", "preparing", "running", "uploading")

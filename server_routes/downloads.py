@@ -12,7 +12,7 @@ from ..core.download_request import parse_items
 from ._common import only_fields, require_json
 
 if TYPE_CHECKING:
-    from ..backends.downloads import DownloadJob
+    from ..core.download_job import DownloadJob
     from ..services import Services
 
 

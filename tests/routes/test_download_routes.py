@@ -13,7 +13,7 @@ from http_server import FaultServer, fault_server
 from route_support import SECRETS, TOKEN, client_for, make_services
 
 from podkit.services import Services
-from tests.backends.test_downloads import LORA_KEYS, VAE_KEYS, safetensors_bytes
+from tests.jobs.test_downloads import LORA_KEYS, VAE_KEYS, safetensors_bytes
 
 MiB = 2**20
 

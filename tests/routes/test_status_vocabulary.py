@@ -1,6 +1,6 @@
 """Job status vocabularies are declared once per kind and agree everywhere they are repeated.
 
-The Python constants (core/outbox.py, backends/downloads.py, core/training.py) == the OpenAPI enums
+The Python constants (core/outbox.py, core/download_job.py, core/training.py) == the OpenAPI enums
 the routes publish == the sets the panel's pure modules (js/panel/state.js, format.js) decide with.
 A status added on one side only fails here instead of leaving a job stuck in the wrong panel list.
 """
@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from podkit.backends import downloads
-from podkit.core import outbox, training
+from podkit.core import download_job, outbox, training
 from podkit.server_routes.contract import build_document
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +44,7 @@ JS = js_sets("state.js", "format.js")
     ("schema", "statuses"),
     [
         ("OutboxStatus", outbox.STATUSES),
-        ("DownloadStatus", downloads.STATUSES),
+        ("DownloadStatus", download_job.STATUSES),
         ("TrainingStatus", training.STATUSES),
     ],
 )
@@ -72,19 +71,19 @@ def test_records_and_counts_use_the_enums(where: tuple[str, ...], schema: str) -
 
 
 def test_the_panel_sets_match_the_services() -> None:
-    download_all, training_all = set(downloads.STATUSES), set(training.STATUSES)
-    assert JS["DOWNLOAD_ACTIVE"] == downloads.ACTIVE
-    assert JS["DOWNLOAD_OPEN"] == download_all - downloads.FINISHED  # active or paused (resumable)
+    download_all, training_all = set(download_job.STATUSES), set(training.STATUSES)
+    assert JS["DOWNLOAD_ACTIVE"] == download_job.ACTIVE
+    assert JS["DOWNLOAD_OPEN"] == download_all - download_job.FINISHED  # active or paused (resumable)
     training_open = training_all - set(training.FINISHED_STATUSES)
     assert JS["TRAINING_ACTIVE"] == set(training.ACTIVE_STATUSES) == training_open
-    assert JS["TERMINAL"] == downloads.FINISHED == set(training.FINISHED_STATUSES)
+    assert JS["TERMINAL"] == download_job.FINISHED == set(training.FINISHED_STATUSES)
     assert JS["TERMINAL_TRAINING"] == set(training.FINISHED_STATUSES)
     # every upload but a finished one is worth showing: a failed one waits for a retry
     assert JS["OUTBOX_OPEN"] == set(outbox.STATUSES) - {"done"}
 
 
 def test_status_literals_in_the_panel_are_declared() -> None:
-    declared = set(outbox.STATUSES) | set(downloads.STATUSES) | set(training.STATUSES)
+    declared = set(outbox.STATUSES) | set(download_job.STATUSES) | set(training.STATUSES)
     text = (ROOT / "js" / "panel" / "state.js").read_text(encoding="utf-8")
     literals = set(JS_STATUS_LITERAL.findall(text))
     assert literals and literals <= declared
