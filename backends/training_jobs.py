@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..core.ai_toolkit import build_config, config_yaml, log_tail, parse_progress, split_output, step_saves
 from ..core.datasets import (
     DatasetLimits,
     DatasetReport,
@@ -53,22 +54,9 @@ from ..core.objects import ObjectRef, ObjectStore, parse_object_uri
 from ..core.outbox import Backoff
 from ..core.safetensors_info import read_safetensors_info
 from ..core.settings import Settings
-from ..core.training import (
-    ACTIVE_STATUSES,
-    TrainingJob,
-    TrainingRequest,
-    build_config,
-    config_yaml,
-    confine,
-    downsample,
-    log_tail,
-    parse_progress,
-    parse_training_request,
-    resolve_base_model,
-    split_output,
-    step_saves,
-    trainer_env,
-)
+from ..core.trainer_env import trainer_env
+from ..core.training import ACTIVE_STATUSES, TrainingJob, downsample
+from ..core.training_request import TrainingRequest, confine, parse_training_request, resolve_base_model
 from .state_db import StateDB
 from .trainer import AiToolkitBackend, TrainerBackend, TrainerProcess
 

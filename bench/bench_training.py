@@ -75,7 +75,9 @@ def main() -> int:
     from podkit.backends.state_db import StateDB
     from podkit.backends.trainer import AiToolkitBackend
     from podkit.backends.training_jobs import TrainingOptions, TrainingService
-    from podkit.core.training import build_config, config_yaml, parse_training_request, trainer_passthrough
+    from podkit.core.ai_toolkit import build_config, config_yaml
+    from podkit.core.trainer_env import trainer_passthrough
+    from podkit.core.training_request import parse_training_request
 
     reason = rgw.radosgw_available()
     if reason is not None:

@@ -34,12 +34,14 @@ from podkit.backends.s3_store import S3Store
 from podkit.backends.state_db import StateDB
 from podkit.backends.trainer import AiToolkitBackend, process_start_time
 from podkit.backends.training_jobs import ExclusiveGpu, GpuArbiter, TrainingOptions, TrainingService
+from podkit.core.ai_toolkit import step_saves
 from podkit.core.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from podkit.core.events import RecordingNotifier
 from podkit.core.objects import ObjectRef
 from podkit.core.outbox import Backoff
 from podkit.core.safetensors_info import read_safetensors_info
-from podkit.core.training import TrainingJob, step_saves, trainer_passthrough
+from podkit.core.trainer_env import trainer_passthrough
+from podkit.core.training import TrainingJob
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 FAKE_AI_TOOLKIT = SUPPORT / "fake_ai_toolkit"

@@ -14,21 +14,18 @@ from typing import Any
 import pytest
 import yaml
 
-from podkit.core.errors import Forbidden, InvalidRequest
-from podkit.core.training import (
-    REQUEST_FIELDS,
-    TrainingJob,
+from podkit.core.ai_toolkit import (
     build_config,
     config_yaml,
     log_tail,
     parse_progress,
-    parse_training_request,
-    resolve_base_model,
     split_output,
     step_saves,
-    trainer_env,
-    trainer_passthrough,
 )
+from podkit.core.errors import Forbidden, InvalidRequest
+from podkit.core.trainer_env import trainer_env, trainer_passthrough
+from podkit.core.training import TrainingJob
+from podkit.core.training_request import REQUEST_FIELDS, parse_training_request, resolve_base_model
 
 P = "config.process[0]."
 EXAMPLE: dict[str, Any] = {
