@@ -22,7 +22,7 @@ from .backends.idle_watch import ActivityProbe, IdleWatch, command_runner, runpo
 from .backends.local_store import LocalStore
 from .backends.monitor import MetricsStore, Monitor
 from .backends.pod_health import HealthChecker
-from .backends.state_db import SqliteOutboxRepo, StateDB
+from .backends.state_db import StateDB
 from .backends.training_jobs import TrainingService, build_training_service
 from .core.decode_cache import DecodeCache
 from .core.events import Notifier, NullNotifier
@@ -31,10 +31,12 @@ from .core.loras import LoraLibrary
 from .core.lru import ByteLRU
 from .core.model_cache import ModelCache
 from .core.objects import ObjectStore
-from .core.outbox import Backoff, Outbox
+from .core.outbox import Backoff
 from .core.presets import PresetBook
 from .core.saving import OutputSaver
 from .core.settings import Settings
+from .jobs.outbox import Outbox
+from .jobs.outbox_store import SqliteOutboxRepo
 
 logger = logging.getLogger(__name__)
 

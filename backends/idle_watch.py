@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from ..core.events import Notifier, NullNotifier
 from ..core.idle import Activity, IdlePolicy, IdleState, evaluate
-from ..core.outbox import Outbox
+from ..core.outbox import OutboxQueue
 from ..core.training import ACTIVE_STATUSES as TRAINING_ACTIVE
 from .downloads import ACTIVE as DOWNLOAD_ACTIVE
 from .downloads import DownloadService
@@ -35,7 +35,7 @@ class ActivityProbe:
     downloads, trainings (an unfinished training upload included) and outbox."""
 
     def __init__(
-        self, outbox: Outbox, downloads: DownloadService | None, training: TrainingService | None
+        self, outbox: OutboxQueue, downloads: DownloadService | None, training: TrainingService | None
     ) -> None:
         self.outbox = outbox
         self.downloads = downloads

@@ -6,11 +6,13 @@ from pathlib import Path
 import pytest
 
 from podkit.backends.local_store import LocalStore
-from podkit.backends.state_db import SqliteOutboxRepo, StateDB
+from podkit.backends.state_db import StateDB
 from podkit.core.errors import AccessDenied, StoreUnavailable
 from podkit.core.events import RecordingNotifier
 from podkit.core.objects import ObjectRef
-from podkit.core.outbox import Backoff, Outbox
+from podkit.core.outbox import Backoff
+from podkit.jobs.outbox import Outbox
+from podkit.jobs.outbox_store import SqliteOutboxRepo
 
 
 class FlakyStore(LocalStore):
