@@ -31,8 +31,8 @@ from .core.loras import LoraLibrary
 from .core.lru import ByteLRU
 from .core.model_cache import ModelCache
 from .core.objects import ObjectStore
-from .core.outbox import Backoff
 from .core.presets import PresetBook
+from .core.retry import Backoff
 from .core.saving import OutputSaver
 from .core.settings import Settings
 from .jobs.outbox import Outbox

@@ -48,7 +48,6 @@ from ..core.download_plan import (
     MIN_PIECE,
     RETRYABLE_STATUSES,
     PieceMap,
-    backoff_delay,
     parse_content_range,
     parse_retry_after,
     piece_size_for,
@@ -63,6 +62,7 @@ from ..core.errors import (
     PayloadTooLarge,
     TransferFailed,
 )
+from ..core.retry import backoff_delay
 from .url_guard import policy_refusal
 
 logger = logging.getLogger(__name__)

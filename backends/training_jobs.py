@@ -41,7 +41,6 @@ from ..core.datasets import (
     safe_member_path,
 )
 from ..core.errors import (
-    AccessDenied,
     Conflict,
     CorruptFile,
     InvalidRequest,
@@ -51,7 +50,7 @@ from ..core.errors import (
 )
 from ..core.events import Notifier, NullNotifier
 from ..core.objects import ObjectRef, ObjectStore, parse_object_uri
-from ..core.outbox import Backoff
+from ..core.retry import Backoff, retryable
 from ..core.safetensors_info import read_safetensors_info
 from ..core.settings import Settings
 from ..core.trainer_env import trainer_env
@@ -76,7 +75,6 @@ TRAINING_MIGRATIONS: dict[int, str] = {
 }
 
 EVENT = "podkit.training"
-_PERMANENT = (AccessDenied, InvalidRequest, NotFound)
 _LOG_TAIL_BYTES = 256 * 1024
 
 
@@ -701,7 +699,7 @@ class TrainingService:
                 )
             except PodKitError as e:
                 attempts = job.attempts + 1
-                if isinstance(e, _PERMANENT):
+                if not retryable(e):
                     self._set(
                         job,
                         status="failed",

@@ -178,11 +178,6 @@ def parse_retry_after(value: str | None, *, now: float | None = None, cap: float
     return min(max(0.0, delta), cap)
 
 
-def backoff_delay(attempt: int, *, base: float = 0.5, cap: float = 30.0, jitter: float = 0.0) -> float:
-    """Exponential backoff for retry number ``attempt`` (1-based); ``jitter`` in [0, 1) adds up to 50 %."""
-    return min(cap, base * 2.0 ** max(0, attempt - 1)) * (1.0 + 0.5 * jitter)
-
-
 def strong_validator(etag: str | None, last_modified: str | None) -> str | None:
     """A validator usable in ``If-Range``: a strong ETag, else Last-Modified, else None."""
     if etag and not etag.startswith("W/"):

@@ -31,6 +31,8 @@ class PodKitError(Exception):
 
     http_status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
+    #: Whether the same operation may succeed if tried again later (``core.retry.retryable``).
+    retryable: ClassVar[bool] = False
 
     def to_wire(self) -> dict[str, object]:
         """The JSON body a route answers with (never a traceback)."""
@@ -89,6 +91,7 @@ class ConfigError(PodKitError):
 class StorageError(PodKitError):
     http_status = 502
     code = "storage_error"
+    retryable = True
 
 
 class StoreUnavailable(StorageError, ConnectionError):
@@ -98,6 +101,7 @@ class StoreUnavailable(StorageError, ConnectionError):
 
 class AccessDenied(StorageError, PermissionError):
     code = "access_denied"
+    retryable = False
 
 
 class TransferFailed(StorageError):
@@ -111,3 +115,4 @@ class ObjectChanged(TransferFailed):
 class InsufficientStorage(PodKitError, OSError):
     http_status = 507
     code = "insufficient_storage"
+    retryable = True

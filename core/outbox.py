@@ -7,12 +7,14 @@ watch) sees the outbox only through :class:`OutboxQueue`.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from .objects import ObjectRef
+from .retry import Backoff
+
+__all__ = ["Backoff", "OutboxItem", "OutboxQueue", "OutboxRepo"]
 
 STATUSES = ("spooling", "pending", "uploading", "done", "failed")
 
@@ -72,16 +74,6 @@ class OutboxRepo(Protocol):
     def counts(self) -> dict[str, int]: ...
     def next_due(self) -> float | None: ...
     def prune_done(self, keep: int) -> int: ...
-
-
-@dataclass(frozen=True)
-class Backoff:
-    base: float = 1.0
-    cap: float = 300.0
-
-    def delay(self, attempts: int) -> float:
-        raw = min(self.cap, self.base * 2 ** max(0, attempts - 1))
-        return float(raw) * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not crypto
 
 
 class OutboxQueue(Protocol):

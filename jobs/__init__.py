@@ -1,3 +1,5 @@
-"""Long-running work: each job kind is a record (in ``core``), a store over the state database and a
-runner, built on one small kit. Jobs may import ``core`` and ``backends``; nothing below imports them.
+"""The jobs wing: long work (downloads, training, uploads) as a record, a store and a runner.
+
+Every kind shares :mod:`.kit` (the job table, save-then-emit with declared throttles, one backoff,
+one retry rule). Jobs may import ``core`` and ``backends``; neither of them imports ``jobs``.
 """

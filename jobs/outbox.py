@@ -22,14 +22,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from ..core.errors import AccessDenied, InvalidRequest, NotFound, PodKitError
+from ..core.errors import InvalidRequest, PodKitError
 from ..core.events import Notifier, NullNotifier
 from ..core.objects import ObjectRef, ObjectStore
-from ..core.outbox import STATUSES, Backoff, OutboxItem, OutboxRepo
+from ..core.outbox import STATUSES, OutboxItem, OutboxRepo
+from .kit import Backoff, retryable
 
 logger = logging.getLogger(__name__)
-
-_PERMANENT = (AccessDenied, InvalidRequest, NotFound)  # NotFound covers ObjectNotFound (no bucket)
 
 
 class Outbox:
@@ -192,7 +191,7 @@ class Outbox:
             )
         except Exception as e:
             now = time.time()
-            permanent = isinstance(e, _PERMANENT)
+            permanent = not retryable(e)
             if not isinstance(e, PodKitError):
                 logger.exception("outbox: unexpected error uploading %s", item.ref)
             status = "failed" if permanent else "pending"

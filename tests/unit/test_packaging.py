@@ -71,3 +71,45 @@ def test_registry_metadata() -> None:
     assert comfy["requires-comfyui"] == f">={MIN_COMFYUI}"
     assert "comfyui" not in data["project"]["name"].lower()
     assert (ROOT / "js").is_dir() and not list((ROOT / "js").rglob("*.test.js"))
+
+
+#: Which top-level folders each layer may import from within the package (besides itself).
+LAYERS = {
+    "core": set(),
+    "backends": {"core"},
+    "jobs": {"core", "backends"},
+}
+
+
+def _package_imports(path: Path) -> set[str]:
+    """The package's top-level folders or modules that ``path`` imports (relative or ``podkit.``)."""
+    import ast
+
+    folder = path.relative_to(ROOT).parts[:-1]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            full = [*folder[: len(folder) - node.level + 1], *(node.module.split(".") if node.module else [])]
+            out |= {full[0]} if full else {_root_name(a.name) for a in node.names}
+        elif (node.module or "").startswith("podkit."):
+            out.add((node.module or "").split(".")[1])
+    return out
+
+
+def _root_name(name: str) -> str:
+    """``from .. import name``: a module or folder of the package, or "" for the root's own names."""
+    return name if (ROOT / name).is_dir() or (ROOT / f"{name}.py").is_file() else ""
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_layers_import_downward(layer: str) -> None:
+    """core imports nothing above it; backends only core; jobs core and backends."""
+    allowed = LAYERS[layer] | {layer, ""}  # "": the import-safe root (``__version__``)
+    bad = {
+        str(p.relative_to(ROOT)): sorted(found - allowed)
+        for p in (ROOT / layer).rglob("*.py")
+        if (found := _package_imports(p)) - allowed
+    }
+    assert not bad, f"{layer}/ imports layers above it: {bad}"
