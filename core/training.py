@@ -12,16 +12,40 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .ai_toolkit import Progress, final_lora_path
 from .download_request import redact_url
 from .training_request import TrainingRequest
 
-STATUSES = ("queued", "preparing", "running", "uploading", "done", "failed", "cancelled")
-ACTIVE_STATUSES = ("queued", "preparing", "running", "uploading")
-FINISHED_STATUSES = ("done", "failed", "cancelled")
+
+class TrainingStatus(str, Enum):
+    """A training job's states, declared once (``queued`` → ``preparing`` → ``running`` →
+    ``uploading`` → ``done``, or ``failed`` / ``cancelled``); members are their wire strings."""
+
+    QUEUED = "queued"
+    PREPARING = "preparing"
+    RUNNING = "running"
+    UPLOADING = "uploading"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATUSES = tuple(s.value for s in TrainingStatus)
+#: Unfinished: the job still needs the service (``uploading`` waits on the outbox's delivery).
+ACTIVE_STATUSES = (
+    TrainingStatus.QUEUED,
+    TrainingStatus.PREPARING,
+    TrainingStatus.RUNNING,
+    TrainingStatus.UPLOADING,
+)
+FINISHED_STATUSES = (TrainingStatus.DONE, TrainingStatus.FAILED, TrainingStatus.CANCELLED)
 
 
 def downsample(series: Sequence[tuple[int, float]], max_points: int) -> list[tuple[int, float]]:
@@ -64,6 +88,7 @@ class TrainingJob:
     next_attempt: float | None = None
     finished: float | None = None
     intermediate: tuple[str, ...] = field(default_factory=tuple)
+    upload_id: str | None = None  # the outbox item that delivers the final LoRA
 
     @property
     def training_folder(self) -> Path:
@@ -134,3 +159,9 @@ class TrainingJob:
             "updated": self.updated,
             "finished": self.finished,
         }
+
+
+class TrainingJobs(Protocol):
+    """What code below the job layer reads of the training service (the idle watch)."""
+
+    def list_jobs(self, *, statuses: Sequence[str] | None = None, limit: int = 500) -> list[TrainingJob]: ...

@@ -15,18 +15,23 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+from ..backends.state_db import StateDB
 from ..core.errors import InvalidRequest, PodKitError
 from ..core.events import Notifier, NullNotifier
+from ..core.model_cache import sha256_file
 from ..core.objects import ObjectRef, ObjectStore
 from ..core.outbox import STATUSES, OutboxItem, OutboxRepo
 from .kit import Backoff, retryable
+from .outbox_store import SqliteOutboxRepo
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,7 @@ class Outbox:
         self._stop = False
         self._threads: list[threading.Thread] = []
         self._busy = 0
+        self._observers: list[Callable[[OutboxItem], object]] = []
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -112,6 +118,48 @@ class Outbox:
         sha256: str | None = None,
     ) -> OutboxItem:
         """Spool ``data`` durably and queue it for upload to ``ref``; returns at once."""
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+
+        sha = sha256 or hashlib.sha256(data).hexdigest()
+        return self._spool(ref, content_type, len(data), sha, write, prompt_id=prompt_id)
+
+    def submit_file(
+        self, src: Path, ref: ObjectRef, *, content_type: str, sha256: str | None = None
+    ) -> OutboxItem:
+        """Spool the file at ``src`` and queue it for upload to ``ref``; returns at once.
+
+        The spool gets a hard link to ``src`` where the filesystem allows one (a trained LoRA is
+        gigabytes: no second copy), else a copy. Either way the spool owns its file, so the caller
+        may delete ``src`` before the upload ends.
+        """
+
+        def write(tmp: Path) -> None:
+            try:
+                os.link(src, tmp)
+            except OSError:  # another filesystem, or one without hard links
+                shutil.copyfile(src, tmp)
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+
+        sha = sha256 or sha256_file(src)
+        return self._spool(ref, content_type, src.stat().st_size, sha, write)
+
+    def _spool(
+        self,
+        ref: ObjectRef,
+        content_type: str,
+        size: int,
+        sha256: str,
+        write: Callable[[Path], None],
+        *,
+        prompt_id: str | None = None,
+    ) -> OutboxItem:
+        """Record the row, ``write`` the spool file (temp name, then rename), mark it pending."""
         item_id = uuid.uuid4().hex
         ext = {"image/png": ".png"}.get(content_type, ".bin")
         path = self.spool_dir / f"{item_id}{ext}"
@@ -122,8 +170,8 @@ class Outbox:
             key=ref.key,
             spool_path=str(path),
             content_type=content_type,
-            size=len(data),
-            sha256=sha256 or hashlib.sha256(data).hexdigest(),
+            size=size,
+            sha256=sha256,
             status="spooling",
             attempts=0,
             next_attempt=now,
@@ -136,10 +184,7 @@ class Outbox:
         self.repo.insert(item)
         tmp = path.with_name(path.name + ".tmp")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            write(tmp)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -151,6 +196,34 @@ class Outbox:
         with self._wake:
             self._wake.notify()
         return item
+
+    def withdraw(self, item_id: str) -> bool:
+        """Take a waiting (pending or failed) item out of the outbox and drop its spool file.
+
+        Returns False when the item is being uploaded, is delivered, or does not exist: an upload
+        in flight is never cut off.
+        """
+        item = self.repo.get(item_id)
+        if item is None or not self.repo.withdraw(item_id):
+            return False
+        Path(item.spool_path).unlink(missing_ok=True)
+        return True
+
+    def observe(self, observer: Callable[[OutboxItem], object]) -> None:
+        """Call ``observer`` with the item whenever an upload attempt ends (done, pending, failed).
+
+        Observers run on an upload worker, after the row is saved and the event emitted, outside
+        the outbox's locks; an observer's exception is logged and never stops the outbox.
+        """
+        self._observers.append(observer)
+
+    def _announce(self, item: OutboxItem) -> None:
+        self.notifier.emit("podkit.upload", item.to_wire())
+        for observer in self._observers:
+            try:
+                observer(item)
+            except Exception:
+                logger.exception("outbox: an observer failed on %s", item.ref)
 
     # ----------------------------------------------------------------- worker
     def _run(self) -> None:
@@ -212,14 +285,14 @@ class Outbox:
                 status,
                 updated.last_error,
             )
-            self.notifier.emit("podkit.upload", updated.to_wire())
+            self._announce(updated)
             return
         done = replace(
             item, status="done", attempts=attempts, etag=meta.etag, last_error=None, updated=time.time()
         )
         self.repo.update(done)
         path.unlink(missing_ok=True)
-        self.notifier.emit("podkit.upload", done.to_wire())
+        self._announce(done)
         with contextlib.suppress(Exception):
             self.repo.prune_done(self.keep_done)
 
@@ -232,6 +305,9 @@ class Outbox:
 
     def counts(self) -> dict[str, int]:
         return self.repo.counts()
+
+    def get(self, item_id: str) -> OutboxItem | None:
+        return self.repo.get(item_id)
 
     def retry(self, ids: Sequence[str] | None = None) -> int:
         """Make failed (and waiting pending) items due now; returns how many were requeued."""
@@ -263,3 +339,8 @@ class Outbox:
                 self._wake.notify_all()
                 self._wake.wait(0.05)
         return False
+
+
+def sqlite_outbox(db: StateDB, spool_dir: Path, store: ObjectStore, **options: Any) -> Outbox:
+    """An outbox whose rows live in the instance's state database (``options``: see :class:`Outbox`)."""
+    return Outbox(spool_dir, SqliteOutboxRepo(db), store, **options)

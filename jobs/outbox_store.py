@@ -118,6 +118,11 @@ class SqliteOutboxRepo:
         with self.db.transaction() as c:
             c.execute("DELETE FROM outbox WHERE id=?", (item_id,))
 
+    def withdraw(self, item_id: str) -> bool:
+        with self.db.transaction() as c:
+            cur = c.execute("DELETE FROM outbox WHERE id=? AND status IN ('pending', 'failed')", (item_id,))
+            return cur.rowcount > 0
+
     def claim_due(self, now: float, limit: int) -> list[OutboxItem]:
         with self.db.transaction() as c:
             rows = c.execute(

@@ -11,7 +11,7 @@ from ..core.errors import Forbidden, InvalidRequest
 from ._common import ROUTE_PREFIX, check_token, get_bool, json_errors, only_fields, query_int, require_json
 
 if TYPE_CHECKING:
-    from ..backends.training_jobs import TrainingService
+    from ..jobs.training import TrainingService
     from ..services import Services
 
 _JOBS = f"{ROUTE_PREFIX}/training/jobs"
