@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,6 +190,22 @@ def parse_progress(line: str) -> Progress | None:
         sec_per_step=sec_per_step,
         eta_s=eta,
     )
+
+
+def last_progress(
+    lines: Sequence[str], *, after_step: int
+) -> tuple[Progress | None, list[tuple[int, float]]]:
+    """The last bar state among ``lines``, and the (step, loss) points past ``after_step``, in order."""
+    progress: Progress | None = None
+    points: list[tuple[int, float]] = []
+    for line in lines:
+        p = parse_progress(line)
+        if p is None:
+            continue
+        progress = p
+        if p.loss is not None and p.step > (points[-1][0] if points else after_step):
+            points.append((p.step, p.loss))
+    return progress, points
 
 
 def split_output(buffer: str) -> tuple[list[str], str]:

@@ -6,17 +6,12 @@ written) → ``running`` (the trainer; progress read from its log) → ``uploadi
 it to the LoRA bucket; or ``failed`` / ``cancelled``. At most ``concurrency`` jobs hold the GPU
 (preparing or running) at once; the rest wait in creation order.
 
-Every state change is saved to the instance's state database before it is announced, so a restart
-finds each job where it was: a trainer that still runs is re-attached (its output is a log file,
-not a pipe), one that is gone is judged by its final file (valid → uploaded, else failed with the
-reason), an interrupted preparation starts again, and an upload is followed again in the outbox.
-Closing the service detaches from running trainers instead of killing them: restarting ComfyUI
-must not throw away hours of training.
-
-The upload is the outbox's, with the outbox's one retry rule: while the store is unreachable the
-LoRA waits in the outbox (listed in ``GET /podkit/outbox``) and the job stays ``uploading`` with the
-last attempt's error; an upload the store refuses fails the job, and a later delivery of the same
-outbox item (after ``POST /podkit/outbox/retry`` or a restart) still makes it ``done``.
+Every state change is saved before it is announced, so a restart finds each job where it was: a
+trainer that still runs is re-attached (its output is a log file, not a pipe), one that is gone is
+judged by its final file, an interrupted preparation starts again, an upload is followed again in
+the outbox. Closing the service detaches from running trainers instead of killing them: restarting
+ComfyUI must not throw away hours of training. The upload is the outbox's, with its one retry rule
+(:mod:`.training_upload`): the LoRA is never lost while the store is down or refuses it.
 """
 
 from __future__ import annotations
@@ -29,7 +24,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ..backends.state_db import StateDB
 from ..backends.trainer import (
@@ -40,7 +35,7 @@ from ..backends.trainer import (
     read_log_tail,
     read_loss,
 )
-from ..core.ai_toolkit import Progress, build_config, config_yaml, parse_progress, split_output
+from ..core.ai_toolkit import build_config, config_yaml, last_progress, split_output
 from ..core.datasets import DatasetLimits
 from ..core.errors import Conflict, CorruptFile, InvalidRequest, NotFound, PodKitError
 from ..core.events import Notifier, NullNotifier
@@ -335,7 +330,12 @@ class TrainingService:
             job = self._existing(job_id)
             if not job.finished_status:
                 raise Conflict(f"training job {job_id} is {job.status}; cancel it first")
-            if job.status == S.FAILED and job.lora_uri is None and _valid_lora(job.final_path) and not force:
+            if (
+                job.status == S.FAILED
+                and job.lora_uri is None
+                and _lora_problem(job.final_path) is None
+                and not force
+            ):
                 raise Conflict(
                     f"training job {job_id} holds a trained LoRA that was never uploaded; "
                     'delete with {"force": true} to discard it'
@@ -451,7 +451,11 @@ class TrainingService:
                     chunk = log.read()
                     offset += len(chunk)
                     lines, rest = split_output(rest + chunk.decode("utf-8", "replace"))
-                    progress = _take_progress(lines, series, loss_out)
+                    progress, points = last_progress(lines, after_step=series[-1][0] if series else -1)
+                    if points:
+                        series.extend(points)
+                        loss_out.write("".join(f"{step}\t{loss!r}\n" for step, loss in points))
+                        loss_out.flush()
                     if progress is not None:
                         job = job.with_progress(progress, time.time())
                         self._live[job.id] = job
@@ -479,47 +483,25 @@ class TrainingService:
         if proc is not None:
             proc.reap_group()
         self._release_gpu(job.id)
-        final = job.final_path
         if code not in (None, -1) and code != 0:
-            reason = last_error_line(job.log_path)
-            self._set(
-                job, status=S.FAILED, error=f"trainer exited with code {code}: {reason}"[:1000], eta_s=None
-            )
+            why = f"trainer exited with code {code}: {last_error_line(job.log_path)}"
+            self._set(job, status=S.FAILED, error=why[:1000], eta_s=None)
             return
-        try:
-            info = read_safetensors_info(final, label=final.name)
-            if not info.is_lora:
-                raise CorruptFile(f"{final.name}: no LoRA tensors in the trainer's output")
-        except CorruptFile as e:
+        problem = _lora_problem(job.final_path)
+        if problem is not None:
             if code in (None, -1):
                 why = "the trainer stopped while PodKit was not watching and left no valid final LoRA"
             else:
                 why = "the trainer exited without a valid final LoRA"
-            self._set(job, status=S.FAILED, error=f"{why}: {e}"[:1000], eta_s=None)
+            self._set(job, status=S.FAILED, error=f"{why}: {problem}"[:1000], eta_s=None)
             return
         self.uploads.queue(job, step=job.total_steps or job.step, eta_s=None)
 
 
-def _take_progress(
-    lines: Sequence[str], series: list[tuple[int, float]], loss_out: IO[str]
-) -> Progress | None:
-    """The last progress among ``lines``; new loss points are appended to ``series`` and ``loss.tsv``."""
-    progress = None
-    for line in lines:
-        p = parse_progress(line)
-        if p is None:
-            continue
-        progress = p
-        if p.loss is not None and p.step > (series[-1][0] if series else -1):
-            series.append((p.step, p.loss))
-            loss_out.write(f"{p.step}\t{p.loss!r}\n")
-    if progress is not None:
-        loss_out.flush()
-    return progress
-
-
-def _valid_lora(path: Path) -> bool:
+def _lora_problem(path: Path) -> CorruptFile | None:
+    """Why ``path`` is not a usable LoRA (unreadable, or no LoRA tensors), None when it is one."""
     try:
-        return read_safetensors_info(path).is_lora
-    except CorruptFile:
-        return False
+        info = read_safetensors_info(path, label=path.name)
+    except CorruptFile as e:
+        return e
+    return None if info.is_lora else CorruptFile(f"{path.name}: no LoRA tensors in the trainer's output")
