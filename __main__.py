@@ -1,5 +1,5 @@
 """``python <path-to-podkit> serve``: the standalone control plane (see standalone.py);
-``python <path-to-podkit> bootstrap <manifest>``: download a pod's models (backends/bootstrap.py).
+``python <path-to-podkit> bootstrap <manifest>``: download a pod's models (jobs/bootstrap.py).
 
 Run as a directory, this file is top-level code, so it first registers the folder as the package
 ``podkit`` (whatever the checkout is called) and then hands over to ``podkit.standalone``.

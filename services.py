@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .backends.downloads import DownloadService
 from .backends.gencache_store import GenerationStore
 from .backends.idle_watch import ActivityProbe, IdleWatch, command_runner, runpod_stopper
 from .backends.local_store import LocalStore
@@ -35,7 +34,9 @@ from .core.presets import PresetBook
 from .core.retry import Backoff
 from .core.saving import OutputSaver
 from .core.settings import Settings
+from .core.url_policy import UrlPolicy
 from .jobs.dataset_intake import DatasetFetcher
+from .jobs.downloads import DownloadService
 from .jobs.gpu_policy import gpu_policy
 from .jobs.outbox import Outbox, sqlite_outbox
 from .jobs.training import TrainingOptions, TrainingService
@@ -119,6 +120,13 @@ class Services:
         if callable(closer):
             closer()
         self.db.close()
+
+
+def url_policy(settings: Settings) -> UrlPolicy:
+    """The outbound URL policy the settings name (``PODKIT_URL_ALLOW_HOSTS``, ``_ALLOW_PRIVATE``)."""
+    return UrlPolicy(
+        allow_hosts=frozenset(settings.url_allow_hosts), allow_private=settings.url_allow_private
+    )
 
 
 def make_store(settings: Settings) -> ObjectStore:
@@ -212,7 +220,7 @@ def build_services(
         presign_ttl=settings.presign_ttl,
     )
     lora_ram: ByteLRU[object] = ByteLRU(settings.lora_ram_cache_bytes)
-    downloads = DownloadService(settings, db, store, notifier=switch)
+    downloads = DownloadService(settings, db, store, policy=url_policy(settings), notifier=switch)
     training = build_training_service(
         settings,
         db,

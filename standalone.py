@@ -67,8 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     boot.add_argument("--models-dir", type=Path, help="models folder (default: PODKIT_MODELS_DIR)")
     args = parser.parse_args(argv)
     if args.command == "bootstrap":
-        from .backends.bootstrap import run_bootstrap
-        from .services import make_store
+        from .jobs.bootstrap import run_bootstrap
+        from .services import make_store, url_policy
 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         try:
@@ -77,7 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except PodKitError as e:
             print(f"podkit bootstrap: {e}", file=sys.stderr)  # noqa: T201
             return 2
-        return run_bootstrap(settings, store, args.manifest, force=args.force, models_dir=args.models_dir)
+        return run_bootstrap(
+            settings,
+            store,
+            args.manifest,
+            policy=url_policy(settings),
+            force=args.force,
+            models_dir=args.models_dir,
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env(os.environ, port=args.port)
     services = build_services(settings, notifier=RecordingNotifier())

@@ -14,8 +14,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..core.fsutil import sha256_file
 from ..core.gencache import METADATA_KEY, GenerationStats, Unsupported, read_skeleton, skeleton_text
-from ..core.model_cache import CacheKey, ModelCache, sha256_file
+from ..core.model_cache import CacheKey, ModelCache
 
 SUFFIX = ".safetensors"
 

@@ -18,13 +18,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from ..core.download_job import ACTIVE as DOWNLOAD_ACTIVE
+from ..core.download_job import DownloadJobs
 from ..core.events import Notifier, NullNotifier
 from ..core.idle import Activity, IdlePolicy, IdleState, evaluate
 from ..core.outbox import OutboxQueue
 from ..core.training import ACTIVE_STATUSES as TRAINING_ACTIVE
 from ..core.training import TrainingJobs
-from .downloads import ACTIVE as DOWNLOAD_ACTIVE
-from .downloads import DownloadService
 
 logger = logging.getLogger(__name__)
 EVENT = "podkit.idle"
@@ -35,7 +35,7 @@ class ActivityProbe:
     downloads, trainings (an unfinished training upload included) and outbox."""
 
     def __init__(
-        self, outbox: OutboxQueue, downloads: DownloadService | None, training: TrainingJobs | None
+        self, outbox: OutboxQueue, downloads: DownloadJobs | None, training: TrainingJobs | None
     ) -> None:
         self.outbox = outbox
         self.downloads = downloads

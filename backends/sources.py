@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 
 from .. import __version__
-from ..core.download_request import DownloadItem, civitai_ids, redact_url, sanitize_name, sanitize_relpath
+from ..core.download_request import DownloadItem, civitai_ids
 from ..core.errors import (
     Conflict,
     Forbidden,
@@ -42,10 +42,11 @@ from ..core.errors import (
     StoreUnavailable,
     Unauthorized,
 )
+from ..core.filenames import sanitize_name, sanitize_relpath
 from ..core.model_types import civitai_type
 from ..core.objects import ObjectStore, parse_object_uri
 from ..core.settings import Settings
-from ..core.url_policy import UrlPolicy, check_url
+from ..core.url_policy import UrlPolicy, check_url, redact_url
 from .url_guard import guard_trace, guarded_connector, policy_refusal
 
 logger = logging.getLogger(__name__)
@@ -90,14 +91,13 @@ class ResolvedFile:
         }
 
 
-def make_session(settings: Settings, *, limit: int, policy: UrlPolicy | None = None) -> aiohttp.ClientSession:
+def make_session(policy: UrlPolicy, *, limit: int) -> aiohttp.ClientSession:
     """The one HTTP session for sources and the download engine, with the URL policy wired in.
 
     ``Accept-Encoding: identity`` and no automatic decompression keep byte ranges and sizes exact;
     ``trust_env=False`` keeps proxies from the environment out of the policy's way. Call it on the
     event loop that will use the session.
     """
-    policy = policy or UrlPolicy.from_settings(settings)
     return aiohttp.ClientSession(
         connector=guarded_connector(policy, limit=limit),
         trace_configs=[guard_trace(policy)],

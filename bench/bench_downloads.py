@@ -200,11 +200,12 @@ def podkit_fetch(url: str, part: Path, size: int, sha: str, connections: int) ->
     from podkit.backends.http_download import HttpDownloader
     from podkit.backends.sources import make_session
     from podkit.core.settings import Settings
+    from podkit.services import url_policy
 
     settings = Settings.from_env({"PODKIT_VOLUME_DIR": "", "PODKIT_URL_ALLOW_HOSTS": "127.0.0.1"})
 
     async def run() -> Any:
-        async with make_session(settings, limit=connections + 8) as session:
+        async with make_session(url_policy(settings), limit=connections + 8) as session:
             engine = HttpDownloader(session, connections=connections)
             return await engine.fetch(url, part, size=size, sha256=sha)
 

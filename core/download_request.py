@@ -1,4 +1,4 @@
-"""Download requests and bootstrap manifests: parsing, validation and file-name safety.
+"""Download requests and bootstrap manifests: parsing and validation (name rules: ``filenames``).
 
 One item names one source:
 
@@ -26,29 +26,23 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .errors import InvalidRequest
+from .filenames import validate_name, validate_relpath
 from .model_types import FOLDER_TYPES, MODEL_TYPES
 from .objects import parse_object_uri
-from .url_policy import UrlPolicy, check_url, split_url
+from .url_policy import UrlPolicy, check_url, redact_url, split_url
 
 SOURCES = ("hf", "civitai", "url", "bucket")
 MAX_ITEMS = 1000
 MAX_MANIFEST_BYTES = 1024 * 1024
-MAX_NAME_LENGTH = 200
 MAX_PATTERNS = 64
 CIVITAI_HOSTS = frozenset({"civitai.com", "www.civitai.com", "civitai.green", "www.civitai.green"})
 
-_RESERVED = {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(10)} | {f"lpt{i}" for i in range(10)}
-_UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*\\/]')
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95})?$")
 _REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,199}$")
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
-_SECRET_QUERY_KEYS = frozenset(
-    {"token", "api_key", "apikey", "key", "access_token", "auth", "signature", "sig",
-     "x-amz-signature", "x-amz-credential", "x-amz-security-token", "policy", "key-pair-id"}
-)  # fmt: skip
 
 #: Fields every source accepts, and the ones each source adds.
 _COMMON_FIELDS = ("source", "type", "name", "subfolder", "sha256")
@@ -119,89 +113,6 @@ class Manifest:
     """A parsed bootstrap manifest."""
 
     items: tuple[DownloadItem, ...]
-
-
-# --------------------------------------------------------------------------- names and paths
-
-
-def validate_name(value: object, *, field: str = "name") -> str:
-    """Return ``value`` if it is a safe single file or folder name, else raise.
-
-    Refused: empty, over-long, path separators, ``.``/``..``, hidden dot-names, NUL and control
-    characters, characters Windows forbids, trailing dots/spaces and reserved device names (``CON``,
-    ``NUL``, ``COM1``…).
-
-    Raises:
-        InvalidRequest: naming ``field`` and the reason.
-    """
-    if not isinstance(value, str) or not value:
-        raise InvalidRequest(f"{field} must be a non-empty string")
-    shown = value[:80]
-    if len(value.encode("utf-8")) > MAX_NAME_LENGTH:
-        raise InvalidRequest(f"{field} {shown!r} is longer than {MAX_NAME_LENGTH} bytes")
-    if "/" in value or "\\" in value:
-        raise InvalidRequest(f"{field} {shown!r} must be a plain name, without '/' or '\\'")
-    if value.startswith("."):
-        raise InvalidRequest(f"{field} {shown!r} must not start with '.' (no hidden names, no '..')")
-    if _UNSAFE_CHARS.search(value):
-        raise InvalidRequest(f"{field} {shown!r} contains a control or reserved character")
-    if value != value.rstrip(" .") or value != value.lstrip(" "):
-        raise InvalidRequest(f"{field} {shown!r} must not start with a space or end with a space or '.'")
-    if value.split(".")[0].strip().lower() in _RESERVED:
-        raise InvalidRequest(f"{field} {shown!r} is a reserved device name")
-    return value
-
-
-def validate_relpath(value: object, *, field: str) -> str:
-    """Return ``value`` if it is a safe relative path (``a/b/c``) of safe names, else raise."""
-    if not isinstance(value, str) or not value:
-        raise InvalidRequest(f"{field} must be a non-empty string")
-    if value.startswith("/") or re.match(r"^[A-Za-z]:", value):
-        raise InvalidRequest(f"{field} {value[:80]!r} must be relative, not an absolute path")
-    if "\\" in value:
-        raise InvalidRequest(f"{field} {value[:80]!r} must use '/' as the separator")
-    for part in value.split("/"):
-        validate_name(part, field=field)
-    return value
-
-
-def sanitize_name(text: str, *, fallback: str = "download") -> str:
-    """Turn a remote-supplied name (Content-Disposition, API file name) into a safe file name.
-
-    Keeps the last path segment, replaces unsafe characters with ``_``, drops leading dots and
-    trailing dots/spaces, and prefixes reserved device names; never returns an unsafe name.
-    """
-    base = text.replace("\\", "/").rsplit("/", 1)[-1]
-    base = _UNSAFE_CHARS.sub("_", base).strip().lstrip(".").rstrip(" .")
-    if base.split(".")[0].strip().lower() in _RESERVED:
-        base = f"_{base}"
-    while len(base.encode("utf-8")) > MAX_NAME_LENGTH:
-        stem, dot, ext = base.rpartition(".")
-        base = (stem[:-1] + dot + ext) if dot and stem else base[:-1]
-    return base or fallback
-
-
-def sanitize_relpath(text: str, *, fallback: str = "download") -> str:
-    """Like :func:`sanitize_name` for each segment of a repo path; drops ``.``/``..``/empty segments."""
-    parts = [p for p in text.replace("\\", "/").split("/") if p not in ("", ".", "..")]
-    cleaned = [sanitize_name(p, fallback="_") for p in parts]
-    return "/".join(cleaned) or fallback
-
-
-def redact_url(url: str) -> str:
-    """``url`` with credential-like query values (``token=``, signatures) replaced by ``REDACTED``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    if not parts.query and parts.password is None:
-        return url
-    query = [
-        (k, "REDACTED" if k.lower() in _SECRET_QUERY_KEYS else v)
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="/:"), parts.fragment))
 
 
 def is_civitai_url(url: str) -> bool:

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import CorruptFile, InsufficientStorage, InvalidRequest
+from .fsutil import fsync_dir, sha256_file
 from .locks import HOSTNAME, FileLock, holder_is_dead, pid_alive
 
 logger = logging.getLogger(__name__)
@@ -39,18 +40,6 @@ FREE_SPACE_RESERVE = 256 * 2**20
 #: Seconds between refreshes of an entry's last-use time (the LRU's resolution).
 TOUCH_INTERVAL = 60.0
 _HOST_TAG = HOSTNAME.replace(".", "_") or "host"
-_HASH_CHUNK = 8 * 2**20
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of a file, read in 8 MiB blocks."""
-    h = hashlib.sha256()
-    buf = bytearray(_HASH_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -339,7 +328,7 @@ class ModelCache:
                     os.fsync(f.fileno())
                 self._write_meta(key, actual, got_sha)
                 os.replace(tmp, blob)
-                _fsync_dir(blob.parent)
+                fsync_dir(blob.parent)
             finally:
                 tmp.unlink(missing_ok=True)
             self._count(fetched_bytes=actual)
@@ -536,12 +525,3 @@ class ModelCache:
                     p.unlink()
                     removed += 1
         return removed
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -9,14 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
 
 from .objects import ObjectRef
 from .retry import Backoff
 
-__all__ = ["Backoff", "OutboxItem", "OutboxQueue", "OutboxRepo"]
+__all__ = ["STATUSES", "Backoff", "OutboxItem", "OutboxQueue", "OutboxRepo", "UploadStatus"]
 
-STATUSES = ("spooling", "pending", "uploading", "done", "failed")
+
+class UploadStatus(str, Enum):
+    """An outbox item's status; the values are the wire's."""
+
+    SPOOLING = "spooling"
+    PENDING = "pending"
+    UPLOADING = "uploading"
+    DONE = "done"
+    FAILED = "failed"
+
+
+STATUSES = tuple(s.value for s in UploadStatus)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .ai_toolkit import Progress, final_lora_path
-from .download_request import redact_url
 from .training_request import TrainingRequest
+from .url_policy import redact_url
 
 
 class TrainingStatus(str, Enum):

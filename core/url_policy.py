@@ -12,6 +12,9 @@ Two explicit allowances: ``allow_private`` (tests, pods that mirror models on th
 private, loopback and shared addresses but never link-local/metadata, unspecified (``0.0.0.0``),
 multicast or reserved ones; ``allow_hosts`` names hosts, addresses or networks (``10.0.0.0/8``)
 admitted whatever they resolve to, the only way to reach a link-local address.
+
+:func:`redact_url` is the other half of URL hygiene: what a log line, an event or an error may show
+of a URL (no token, no signature, no password).
 """
 
 from __future__ import annotations
@@ -20,13 +23,9 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import Forbidden, InvalidRequest
-
-if TYPE_CHECKING:
-    from .settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -46,6 +45,11 @@ METADATA_ADDRESSES = frozenset(
     ipaddress.ip_address(a) for a in ("fd00:ec2::254", "100.100.100.200", "168.63.129.16")
 )
 
+_SECRET_QUERY_KEYS = frozenset(
+    {"token", "api_key", "apikey", "key", "access_token", "auth", "signature", "sig",
+     "x-amz-signature", "x-amz-credential", "x-amz-security-token", "policy", "key-pair-id"}
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class UrlPolicy:
@@ -58,10 +62,6 @@ class UrlPolicy:
 
     allow_hosts: frozenset[str] = frozenset()
     allow_private: bool = False
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> UrlPolicy:
-        return cls(frozenset(settings.url_allow_hosts), settings.url_allow_private)
 
     def host_allowed(self, host: str) -> bool:
         """Whether ``host`` (a name or an address) is on the allow-list."""
@@ -251,3 +251,19 @@ def _ascii_host(host: str) -> str:
         return host.encode("idna").decode("ascii")
     except UnicodeError as e:
         raise InvalidRequest(f"host {host[:80]!r} is not a valid international domain name") from e
+
+
+def redact_url(url: str) -> str:
+    """``url`` with credential-like query values (``token=``, signatures) replaced by ``REDACTED``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    if not parts.query and parts.password is None:
+        return url
+    query = [
+        (k, "REDACTED" if k.lower() in _SECRET_QUERY_KEYS else v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="/:"), parts.fragment))

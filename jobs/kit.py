@@ -9,6 +9,10 @@ schema version in ``podkit_schema`` stays 1.
 :class:`Announcer` is the one place a job's change reaches the database and the browsers: save
 first, then emit (a client never hears of a state the database does not hold), with the kind's
 :class:`Throttle` for progress and no throttle for a change of status.
+
+The retry rule (:class:`Backoff`, :func:`backoff_delay`, :func:`retryable`) is defined in
+``core/retry.py``, because ``core``'s outbox and the ``backends`` engine use it too and neither may
+import ``jobs``; the kit re-exports it so a job kind finds everything in one place.
 """
 
 from __future__ import annotations
@@ -106,7 +110,7 @@ class JobTable:
             c.execute(
                 f"INSERT INTO {s.table} ({', '.join(cols)}) VALUES ({','.join('?' * len(cols))}) "  # noqa: S608
                 f"ON CONFLICT(id) DO UPDATE SET {changed}",
-                (*values, json.dumps(row.data)),
+                (*values, json.dumps(dict(row.data))),
             )
 
     def get(self, job_id: str) -> JobRow | None:

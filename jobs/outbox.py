@@ -27,7 +27,7 @@ from typing import Any
 from ..backends.state_db import StateDB
 from ..core.errors import InvalidRequest, PodKitError
 from ..core.events import Notifier, NullNotifier
-from ..core.model_cache import sha256_file
+from ..core.fsutil import sha256_file
 from ..core.objects import ObjectRef, ObjectStore
 from ..core.outbox import STATUSES, OutboxItem, OutboxRepo
 from .kit import Backoff, retryable

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..core.model_cache import sha256_file
+from ..core.fsutil import sha256_file
 from ..core.objects import ObjectRef
 from ..core.outbox import OutboxItem
 from ..core.training import TrainingJob, TrainingStatus

@@ -100,11 +100,13 @@ def run_manifest(
     if manifest is None:
         phases.skip("bootstrap", "no manifest")
         return
-    from ..backends.bootstrap import run_bootstrap
-    from ..services import make_store
+    from ..jobs.bootstrap import run_bootstrap
+    from ..services import make_store, url_policy
 
     with phases.phase("bootstrap"):
-        code = run_bootstrap(settings, make_store(settings), manifest, force=list(force))
+        code = run_bootstrap(
+            settings, make_store(settings), manifest, policy=url_policy(settings), force=list(force)
+        )
         if code != 0:
             raise ConfigError(f"bootstrap of {manifest} failed (exit code {code}); see the lines above")
 

@@ -12,7 +12,7 @@ from ..core.errors import StoreUnavailable
 from ._common import ROUTE_PREFIX, check_token, json_errors, only_fields, require_json
 
 if TYPE_CHECKING:
-    from ..backends.downloads import DownloadService
+    from ..jobs.downloads import DownloadService
     from ..services import Services
 
 _JOB_ID = "{job_id}"

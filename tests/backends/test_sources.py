@@ -27,6 +27,7 @@ from podkit.core.errors import Conflict, Forbidden, InvalidRequest, NotFound, Ob
 from podkit.core.objects import ObjectRef, ObjectStore
 from podkit.core.settings import Settings
 from podkit.core.url_policy import UrlPolicy
+from podkit.services import url_policy
 
 MiB = 2**20
 HF_TOKEN = "hf_test_token_granted"  # noqa: S105 - a test value
@@ -73,7 +74,7 @@ class Env:
         self.engine = HttpDownloader(session, connections=4, backoff_base=0.01)
 
     async def resolve(self, raw: dict[str, object]) -> list[ResolvedFile]:
-        item = parse_item(raw, policy=UrlPolicy.from_settings(self.settings))
+        item = parse_item(raw, policy=url_policy(self.settings))
         return await resolve(item, session=self.session, settings=self.settings, store=self.store)
 
     async def fetch(self, f: ResolvedFile, tmp_path: Path) -> bytes:
@@ -87,7 +88,7 @@ class Env:
 async def env(hub: FakeHub, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Env]:
     extra = getattr(request, "param", {})
     settings = make_settings(hub, tmp_path, **extra)
-    session = make_session(settings, limit=16)
+    session = make_session(url_policy(settings), limit=16)
     try:
         yield Env(settings, session, LocalStore(tmp_path / "store"))
     finally:
@@ -350,7 +351,7 @@ def files() -> Iterator[FaultServer]:
 
 async def test_default_policy_refuses_loopback_urls_and_names(files: FaultServer, tmp_path: Path) -> None:
     settings = Settings.from_env({"PODKIT_VOLUME_DIR": ""})
-    async with make_session(settings, limit=4) as session:
+    async with make_session(url_policy(settings), limit=4) as session:
         engine = HttpDownloader(session, backoff_base=0.01)
         port = files.server_address[1]
         for url in (files.url("/model.safetensors"), f"http://localhost:{port}/model.safetensors",
@@ -375,7 +376,7 @@ async def test_redirect_from_an_allowed_host_to_a_refused_address(
 ) -> None:
     files.redirects["/r"] = target
     settings = Settings.from_env({"PODKIT_VOLUME_DIR": "", "PODKIT_URL_ALLOW_HOSTS": "127.0.0.1"})
-    async with make_session(settings, limit=4) as session:
+    async with make_session(url_policy(settings), limit=4) as session:
         with pytest.raises(error, match=match):
             await HttpDownloader(session, backoff_base=0.01).fetch(files.url("/r"), tmp_path / "p")
     assert files.statuses() == [302]  # refused at once: no retry, the target never contacted
@@ -436,7 +437,7 @@ async def test_bucket_object_via_the_real_s3_server(hub: FakeHub, tmp_path: Path
     ref = ObjectRef(bucket, "loras/style v1.safetensors")
     store.put_bytes(data, ref, content_type="application/octet-stream", metadata={"sha256": sha(data)})
     settings = make_settings(hub, tmp_path)
-    async with make_session(settings, limit=4) as session:
+    async with make_session(url_policy(settings), limit=4) as session:
         item = parse_item({"uri": f"r2://{bucket}/loras/style v1.safetensors", "name": "style.safetensors"})
         [f] = await resolve(item, session=session, settings=settings, store=store)
         assert (f.store_uri, f.filename, f.size, f.sha256) == (

@@ -11,6 +11,7 @@ import pytest
 from podkit.backends.state_db import StateDB
 from podkit.core import errors
 from podkit.core.events import RecordingNotifier
+from podkit.jobs.download_store import DOWNLOADS
 from podkit.jobs.kit import (
     Announcer,
     Backoff,
@@ -38,13 +39,6 @@ OLD_TRAINING = """
     );
     CREATE INDEX IF NOT EXISTS training_jobs_status ON training_jobs(status, created)
 """
-DOWNLOADS = TableSpec(
-    table="downloads",
-    component="downloads",
-    blob="state",
-    columns=(("key", "TEXT NOT NULL"), ("item", "TEXT NOT NULL"), ("force", "INTEGER NOT NULL")),
-    indexes={"downloads_key": "key", "downloads_status": "status"},
-)
 TRAINING = TableSpec(
     table="training_jobs", component="training", indexes={"training_jobs_status": "status, created"}
 )

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from http_server import FaultServer, fault_server
 
 from podkit.services import Services
-from tests.backends.test_downloads import LORA_KEYS, VAE_KEYS, safetensors_bytes
+from tests.jobs.test_downloads import LORA_KEYS, VAE_KEYS, safetensors_bytes
 from tests.routes.test_core_routes import SECRETS, TOKEN, client_for, make_services
 
 MiB = 2**20

@@ -17,11 +17,12 @@ from podkit_import import register_package  # noqa: E402
 
 register_package()
 
-from podkit.backends.downloads import DownloadService  # noqa: E402
 from podkit.backends.local_store import LocalStore  # noqa: E402
 from podkit.backends.state_db import StateDB  # noqa: E402
 from podkit.core.download_request import parse_item  # noqa: E402
 from podkit.core.settings import Settings  # noqa: E402
+from podkit.jobs.downloads import DownloadService  # noqa: E402
+from podkit.services import url_policy  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -39,7 +40,11 @@ def main(argv: list[str]) -> int:
     )
     db = StateDB(state / "podkit.sqlite3")
     svc = DownloadService(
-        settings, db, LocalStore(settings.local_store_dir), engine_options={"backoff_base": 0.05}
+        settings,
+        db,
+        LocalStore(settings.local_store_dir),
+        policy=url_policy(settings),
+        engine_options={"backoff_base": 0.05},
     )
     svc.start()
     try:

@@ -12,14 +12,10 @@ from podkit.core.download_request import (
     parse_item,
     parse_items,
     parse_manifest,
-    redact_url,
-    sanitize_name,
-    sanitize_relpath,
-    validate_name,
-    validate_relpath,
 )
 from podkit.core.errors import Forbidden, InvalidRequest
-from podkit.core.url_policy import UrlPolicy
+from podkit.core.filenames import sanitize_name, sanitize_relpath, validate_name, validate_relpath
+from podkit.core.url_policy import UrlPolicy, redact_url
 
 SHA = "ab" * 32
 

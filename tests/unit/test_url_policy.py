@@ -16,6 +16,7 @@ from podkit.core.url_policy import (
     parse_allow_hosts,
     parse_ip,
 )
+from podkit.services import url_policy
 
 DEFAULT = UrlPolicy()
 ANY = "0.0.0.0"  # noqa: S104 - an address to refuse, not one to bind
@@ -141,9 +142,9 @@ def test_address_kinds() -> None:
 def test_settings_carry_the_policy() -> None:
     env = {"PODKIT_URL_ALLOW_HOSTS": "models.lan,10.0.0.0/8", "PODKIT_URL_ALLOW_PRIVATE": "1",
            "PODKIT_VOLUME_DIR": ""}  # fmt: skip
-    policy = UrlPolicy.from_settings(Settings.from_env(env))
+    policy = url_policy(Settings.from_env(env))
     assert policy.allow_private and policy.allow_hosts == frozenset({"models.lan", "10.0.0.0/8"})
-    assert UrlPolicy.from_settings(Settings.from_env({"PODKIT_VOLUME_DIR": ""})) == UrlPolicy()
+    assert url_policy(Settings.from_env({"PODKIT_VOLUME_DIR": ""})) == UrlPolicy()
     with pytest.raises(ConfigError, match="PODKIT_URL_ALLOW_HOSTS"):
         Settings.from_env({"PODKIT_URL_ALLOW_HOSTS": "*", "PODKIT_VOLUME_DIR": ""})
     with pytest.raises(ConfigError, match="PODKIT_URL_ALLOW_PRIVATE"):

@@ -1,7 +1,7 @@
 """``python <path-to-podkit> bootstrap <manifest>``: fetch a pod's models before ComfyUI starts.
 
 Reads a YAML or JSON manifest (:func:`podkit.core.download_request.parse_manifest`), queues every
-item on a :class:`~podkit.backends.downloads.DownloadService` of its own (same models folder, same
+item on a :class:`~podkit.jobs.downloads.DownloadService` of its own (same models folder, same
 resume maps, same locks as a running ComfyUI, so nothing is fetched twice), prints one progress
 line per item (redrawn in place on a terminal, plain lines in a log), and exits with 0 when every
 item is in place, 1 when any failed, 2 for a bad manifest or option, 130 on Ctrl-C (partial
@@ -17,12 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from ..backends.state_db import StateDB
+from ..core.download_job import ACTIVE, DownloadJob
 from ..core.download_request import DownloadItem, parse_manifest
 from ..core.errors import PodKitError
 from ..core.objects import ObjectStore
 from ..core.settings import Settings
-from .downloads import ACTIVE, DownloadJob, DownloadService
-from .state_db import StateDB
+from ..core.url_policy import UrlPolicy
+from .downloads import DownloadService
 
 BAR = 24
 
@@ -83,6 +85,7 @@ def run_bootstrap(
     store: ObjectStore,
     manifest: Path,
     *,
+    policy: UrlPolicy,
     force: Sequence[str] = (),
     models_dir: Path | None = None,
     out: TextIO | None = None,
@@ -98,7 +101,7 @@ def run_bootstrap(
     if models_dir is not None:
         settings = dataclasses.replace(settings, models_dir=models_dir)
     db = StateDB(settings.state_dir / "podkit.sqlite3")
-    svc = DownloadService(settings, db, store)
+    svc = DownloadService(settings, db, store, policy=policy)
     try:
         try:
             items = list(parse_manifest(text, policy=svc.policy).items)

@@ -16,15 +16,17 @@ from pathlib import Path
 import pytest
 from http_server import FaultServer, fault_server
 
-from podkit.backends.downloads import DownloadJob, DownloadService
 from podkit.backends.http_download import partial_progress
 from podkit.backends.local_store import LocalStore
 from podkit.backends.state_db import StateDB
+from podkit.core.download_job import DownloadJob
 from podkit.core.download_plan import MIN_PIECE
 from podkit.core.download_request import parse_item
 from podkit.core.events import RecordingNotifier
 from podkit.core.objects import ObjectRef, ObjectStore
 from podkit.core.settings import Settings
+from podkit.jobs.downloads import DownloadService
+from podkit.services import url_policy
 
 CHILD = Path(__file__).resolve().parents[1] / "support" / "download_child.py"
 MiB = 2**20
@@ -66,6 +68,7 @@ class Harness:
             self.settings,
             self.db,
             store or LocalStore(self.settings.local_store_dir),
+            policy=url_policy(self.settings),
             notifier=self.events,
             engine_options={"backoff_base": 0.02, "stall_timeout": 3.0},
         )
@@ -146,7 +149,7 @@ def test_many_files_land_in_their_folders_by_header(h: Harness, server: FaultSer
     assert {e["status"] for e in events} >= {"queued", "running", "verifying", "done"}
     assert all("files" in e and "speed" in e for e in events)
     # jobs persist: a new service on the same database lists them
-    again = DownloadService(h.settings, h.db, LocalStore(h.settings.local_store_dir))
+    again = DownloadService(h.settings, h.db, LocalStore(h.settings.local_store_dir), policy=h.svc.policy)
     assert {j.id for j in again.jobs()} == {j.id for j in jobs}
 
 
