@@ -1,12 +1,15 @@
-"""The durable upload outbox: spool first, upload in the background, never lose an image.
+"""The durable upload outbox: spool first, upload in the background, never lose an upload.
 
-Flow of one item: a row is recorded (``spooling``) → the bytes are written to the spool folder
-(unique temp file, fsync, rename) → the row becomes ``pending`` → a worker uploads it and marks it
-``done`` (then the spool file is removed). Transient failures (store down, timeouts) go back to
-``pending`` with exponential backoff and are retried forever; permanent ones (access denied,
-missing bucket) become ``failed`` and wait for a retry request or a restart. On start, rows left
-``uploading`` by a crash are pending again. Object keys are deterministic per item, so a repeated
-upload overwrites the same object instead of duplicating it.
+Generated images (:meth:`Outbox.submit`, bytes) and trained LoRAs (:meth:`Outbox.submit_file`, a
+hard link to the file) take the same way. Flow of one item: a row is recorded (``spooling``) →
+the file is written to the spool folder (unique temp file, fsync, rename) → the row becomes
+``pending`` → a worker uploads it and marks it ``done`` (then the spool file is removed).
+Transient failures (store down, timeouts) go back to ``pending`` with exponential backoff and are
+retried forever; permanent ones (access denied, missing bucket) become ``failed`` and wait for a
+retry request or a restart. On start, rows left ``uploading`` by a crash are pending again. Object
+keys are deterministic per item, so a repeated upload overwrites the same object instead of
+duplicating it. Whoever waits for an item (the training service) is told of every attempt's
+outcome through :meth:`Outbox.observe`.
 """
 
 from __future__ import annotations
