@@ -22,8 +22,8 @@ from .backends.idle_watch import ActivityProbe, IdleWatch, command_runner, runpo
 from .backends.local_store import LocalStore
 from .backends.monitor import MetricsStore, Monitor
 from .backends.pod_health import HealthChecker
-from .backends.state_db import SqliteOutboxRepo, StateDB
-from .backends.training_jobs import TrainingService, build_training_service
+from .backends.state_db import StateDB
+from .backends.trainer import AiToolkitBackend
 from .core.decode_cache import DecodeCache
 from .core.events import Notifier, NullNotifier
 from .core.host import STANDALONE, HostInfo
@@ -32,12 +32,16 @@ from .core.loras import LoraLibrary
 from .core.lru import ByteLRU
 from .core.model_cache import ModelCache
 from .core.objects import ObjectStore
-from .core.outbox import Backoff, Outbox
 from .core.presets import PresetBook
+from .core.retry import Backoff
 from .core.saving import OutputSaver
 from .core.settings import Settings
 from .core.url_policy import UrlPolicy
+from .jobs.dataset_intake import DatasetFetcher
 from .jobs.downloads import DownloadService
+from .jobs.gpu_policy import gpu_policy
+from .jobs.outbox import Outbox, sqlite_outbox
+from .jobs.training import TrainingOptions, TrainingService
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +141,61 @@ def make_store(settings: Settings) -> ObjectStore:
     return store
 
 
+def hub_dirs(settings: Settings) -> tuple[Path, ...]:
+    """Hugging Face caches where a preset base model may already be (volume first)."""
+    env = settings.trainer_env
+    found: list[Path] = []
+    if env.get("HF_HUB_CACHE"):
+        found.append(Path(env["HF_HUB_CACHE"]))
+    if env.get("HF_HOME"):
+        found.append(Path(env["HF_HOME"]) / "hub")
+    if settings.volume_dir is not None:
+        volume = settings.volume_dir
+        found += [volume / "huggingface" / "hub", volume / ".cache" / "huggingface" / "hub"]
+    if env.get("HOME"):
+        found.append(Path(env["HOME"]) / ".cache" / "huggingface" / "hub")
+    return tuple(dict.fromkeys(found))
+
+
+def training_options(settings: Settings) -> TrainingOptions:
+    """How training runs, from the settings (the folders it may read, the trainer's environment)."""
+    volume = settings.volume_dir
+    return TrainingOptions(
+        training_dir=settings.state_dir / "training",
+        lora_bucket=settings.lora_bucket,
+        roots=tuple(p for p in (volume, settings.models_dir) if p is not None),
+        hub_dirs=hub_dirs(settings),
+        passthrough_env=settings.trainer_env,
+        hf_token=settings.hf_token,
+        hf_home=volume / "huggingface" if volume is not None else None,
+        concurrency=settings.training_concurrency,
+    )
+
+
+def build_training_service(
+    settings: Settings,
+    db: StateDB,
+    store: ObjectStore,
+    outbox: Outbox,
+    *,
+    notifier: Notifier | None = None,
+    on_lora_uploaded: Callable[[], object] | None = None,
+    downloads: DatasetFetcher | None = None,
+) -> TrainingService:
+    """The training service the settings describe (training is disabled without an ai-toolkit dir)."""
+    return TrainingService(
+        db,
+        store,
+        AiToolkitBackend(settings.ai_toolkit_dir, settings.ai_toolkit_python),
+        training_options(settings),
+        outbox=outbox,
+        notifier=notifier,
+        on_lora_uploaded=on_lora_uploaded,
+        downloads=downloads,
+        gpu=gpu_policy(settings.training_gpu_policy),
+    )
+
+
 def build_services(
     settings: Settings,
     *,
@@ -151,8 +210,7 @@ def build_services(
     store = store or make_store(settings)
     cache = ModelCache(settings.cache_dir, max_bytes=settings.cache_max_bytes)
     db = StateDB(settings.state_dir / "podkit.sqlite3")
-    repo = SqliteOutboxRepo(db)
-    outbox = Outbox(settings.state_dir / "spool", repo, store, notifier=switch, backoff=backoff)
+    outbox = sqlite_outbox(db, settings.state_dir / "spool", store, notifier=switch, backoff=backoff)
     loras = LoraLibrary(store, cache, settings.lora_bucket, etag_ttl=settings.etag_ttl)
     saver = OutputSaver(
         outbox,
@@ -164,7 +222,13 @@ def build_services(
     lora_ram: ByteLRU[object] = ByteLRU(settings.lora_ram_cache_bytes)
     downloads = DownloadService(settings, db, store, policy=url_policy(settings), notifier=switch)
     training = build_training_service(
-        settings, db, store, notifier=switch, on_lora_uploaded=loras.refresh_listing, downloads=downloads
+        settings,
+        db,
+        store,
+        outbox,
+        notifier=switch,
+        on_lora_uploaded=loras.refresh_listing,
+        downloads=downloads,
     )
     monitor = Monitor(MetricsStore(db), switch, retention_days=settings.metrics_retention_days)
     pod = settings.pod

@@ -22,9 +22,9 @@ from ..core.download_job import ACTIVE as DOWNLOAD_ACTIVE
 from ..core.download_job import DownloadJobs
 from ..core.events import Notifier, NullNotifier
 from ..core.idle import Activity, IdlePolicy, IdleState, evaluate
-from ..core.outbox import Outbox
+from ..core.outbox import OutboxQueue
 from ..core.training import ACTIVE_STATUSES as TRAINING_ACTIVE
-from .training_jobs import TrainingService
+from ..core.training import TrainingJobs
 
 logger = logging.getLogger(__name__)
 EVENT = "podkit.idle"
@@ -35,7 +35,7 @@ class ActivityProbe:
     downloads, trainings (an unfinished training upload included) and outbox."""
 
     def __init__(
-        self, outbox: Outbox, downloads: DownloadJobs | None, training: TrainingService | None
+        self, outbox: OutboxQueue, downloads: DownloadJobs | None, training: TrainingJobs | None
     ) -> None:
         self.outbox = outbox
         self.downloads = downloads

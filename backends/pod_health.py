@@ -22,7 +22,7 @@ from typing import Any
 
 from ..core.errors import PodKitError
 from ..core.objects import ObjectStore
-from ..core.outbox import Outbox
+from ..core.outbox import OutboxQueue
 from ..core.pod_settings import PodSettings
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class HealthChecker:
         *,
         store: ObjectStore,
         bucket: str,
-        outbox: Outbox,
+        outbox: OutboxQueue,
         state_dir: Path,
         volume_dir: Path | None,
         cache_dir: Path,

@@ -7,6 +7,11 @@ next PodKit process re-attaches to it by pid (checked against the process start 
 recycled pid is not mistaken for it) and keeps reading the same log. Stopping is SIGTERM to the
 whole group, then SIGKILL after a grace period, which also reaches the data-loader workers and
 anything else the trainer spawned.
+
+The log readers live here too, beside the process that writes the log: the last lines with bar
+redraws collapsed (:func:`read_log_tail`), the line that best says why a trainer failed
+(:func:`last_error_line`), and the loss series the watcher appends to ``loss.tsv``
+(:func:`read_loss`).
 """
 
 from __future__ import annotations
@@ -22,9 +27,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from ..core.ai_toolkit import log_tail
 from ..core.errors import Forbidden
 
 logger = logging.getLogger(__name__)
+
+#: How much of the end of a trainer's log is read for its tail (and re-read when a watch resumes).
+LOG_TAIL_BYTES = 256 * 1024
 
 
 def process_start_time(pid: int) -> str | None:
@@ -242,3 +251,41 @@ class AiToolkitBackend(SubprocessTrainer):
             raise Forbidden(
                 f"PODKIT_AI_TOOLKIT_DIR={self.ai_toolkit_dir} has no run.py (not an ai-toolkit checkout)"
             )
+
+
+def read_log_tail(path: Path, n: int) -> list[str]:
+    """The last ``n`` lines of a trainer's log (no lines when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - LOG_TAIL_BYTES))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return log_tail(text, n)
+
+
+def last_error_line(path: Path) -> str:
+    """The last line that names an error or exception, else the last line: why a trainer failed."""
+    lines = read_log_tail(path, 40)
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line:
+            return line.strip()[:300]
+    return lines[-1].strip()[:300] if lines else "no output"
+
+
+def read_loss(path: Path) -> list[tuple[int, float]]:
+    """The ``step<TAB>loss`` lines of ``loss.tsv`` (a line cut short by a crash is skipped)."""
+    out: list[tuple[int, float]] = []
+    try:
+        text = path.read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        step, _, loss = line.partition("\t")
+        try:
+            out.append((int(step), float(loss)))
+        except ValueError:
+            continue
+    return out

@@ -74,8 +74,11 @@ def main() -> int:
     from podkit.backends.s3_store import S3Store
     from podkit.backends.state_db import StateDB
     from podkit.backends.trainer import AiToolkitBackend
-    from podkit.backends.training_jobs import TrainingOptions, TrainingService
-    from podkit.core.training import build_config, config_yaml, parse_training_request, trainer_passthrough
+    from podkit.core.ai_toolkit import build_config, config_yaml
+    from podkit.core.trainer_env import trainer_passthrough
+    from podkit.core.training_request import parse_training_request
+    from podkit.jobs.outbox import sqlite_outbox
+    from podkit.jobs.training import TrainingOptions, TrainingService
 
     reason = rgw.radosgw_available()
     if reason is not None:
@@ -115,8 +118,11 @@ def main() -> int:
             access_key_id=server.access_key,
             secret_access_key=server.secret_key,
         )
+        db = StateDB(root / "state" / "podkit.sqlite3")
+        outbox = sqlite_outbox(db, root / "state" / "spool", store)
+        outbox.start()
         service = TrainingService(
-            StateDB(root / "state" / "podkit.sqlite3"),
+            db,
             store,
             AiToolkitBackend(FAKE, python=sys.executable),
             TrainingOptions(
@@ -125,6 +131,7 @@ def main() -> int:
                 roots=(root / "volume",),
                 passthrough_env=trainer_passthrough(fake_env, list(fake_env)),
             ),
+            outbox=outbox,
         )
         service.start()
 
@@ -173,6 +180,7 @@ def main() -> int:
             times[name].append(wall)
             foreign[name].append(frac)
         service.close()
+        outbox.stop()
         service.db.close()
         store.close()
 

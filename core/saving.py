@@ -15,7 +15,7 @@ from urllib.parse import quote
 from .errors import InvalidRequest, PodKitError
 from .naming import KeyContext, check_template, render_key
 from .objects import ObjectRef, ObjectStore, validate_bucket
-from .outbox import Outbox
+from .outbox import OutboxQueue
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class OutputSaver:
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: OutboxQueue,
         store: ObjectStore,
         *,
         bucket: str,

@@ -17,7 +17,7 @@ from .errors import ConfigError, InvalidRequest
 from .pod_settings import ENV_DOCS as POD_ENV_DOCS
 from .pod_settings import PodSettings
 from .sizes import parse_size
-from .training import GPU_POLICIES, trainer_passthrough
+from .trainer_env import GPU_POLICIES, trainer_passthrough
 from .url_policy import parse_allow_hosts
 
 #: Network-volume mount points, in order of preference (serverless workers, then pods).

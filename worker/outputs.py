@@ -22,9 +22,10 @@ from typing import Any
 
 from ..core.errors import ObjectNotFound, PodKitError
 from ..core.objects import ObjectRef
-from ..core.outbox import Outbox, OutboxItem
+from ..core.outbox import OutboxItem
 from ..core.saving import OutputSaver
 from ..core.worker_jobs import content_type_of, output_key, output_kind
+from ..jobs.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 WAITING = ("spooling", "pending", "uploading")

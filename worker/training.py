@@ -13,8 +13,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..backends.training_jobs import TrainingService
 from ..core.errors import Conflict, PodKitError
+from ..jobs.training import TrainingService
 
 logger = logging.getLogger(__name__)
 ProgressFn = Callable[[Mapping[str, Any], Mapping[str, Any]], None]

@@ -22,7 +22,8 @@ register_package()
 from podkit.backends.s3_store import S3Store  # noqa: E402
 from podkit.backends.state_db import StateDB  # noqa: E402
 from podkit.backends.trainer import AiToolkitBackend  # noqa: E402
-from podkit.backends.training_jobs import TrainingOptions, TrainingService  # noqa: E402
+from podkit.jobs.outbox import sqlite_outbox  # noqa: E402
+from podkit.jobs.training import TrainingOptions, TrainingService  # noqa: E402
 
 FAKE_AI_TOOLKIT = Path(__file__).resolve().parent / "fake_ai_toolkit"
 
@@ -46,8 +47,11 @@ def main() -> None:
         access_key_id=s3["access_key"],
         secret_access_key=s3["secret_key"],
     )
+    db = StateDB(Path(cfg["state_dir"]) / "podkit.sqlite3")
+    outbox = sqlite_outbox(db, Path(cfg["state_dir"]) / "spool", store)
+    outbox.start()
     service = TrainingService(
-        StateDB(Path(cfg["state_dir"]) / "podkit.sqlite3"),
+        db,
         store,
         AiToolkitBackend(FAKE_AI_TOOLKIT, python=sys.executable),
         TrainingOptions(
@@ -57,6 +61,7 @@ def main() -> None:
             passthrough_env=cfg["env"],
             poll_interval=0.05,
         ),
+        outbox=outbox,
         notifier=PrintNotifier(),
     )
     service.start()

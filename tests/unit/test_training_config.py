@@ -14,21 +14,19 @@ from typing import Any
 import pytest
 import yaml
 
-from podkit.core.errors import Forbidden, InvalidRequest
-from podkit.core.training import (
-    REQUEST_FIELDS,
-    TrainingJob,
+from podkit.core.ai_toolkit import (
     build_config,
     config_yaml,
+    last_progress,
     log_tail,
     parse_progress,
-    parse_training_request,
-    resolve_base_model,
     split_output,
     step_saves,
-    trainer_env,
-    trainer_passthrough,
 )
+from podkit.core.errors import Forbidden, InvalidRequest
+from podkit.core.trainer_env import trainer_env, trainer_passthrough
+from podkit.core.training import TrainingJob
+from podkit.core.training_request import REQUEST_FIELDS, parse_training_request, resolve_base_model
 
 P = "config.process[0]."
 EXAMPLE: dict[str, Any] = {
@@ -338,6 +336,14 @@ def test_output_split_on_carriage_returns_and_tail_collapses_redraws() -> None:
     tail = log_tail(text, 10)
     assert tail == ["Loading", BAR, "Saving at step 250", "more"]
     assert log_tail(text, 2) == ["Saving at step 250", "more"]
+
+
+def test_last_progress_keeps_only_new_loss_points() -> None:
+    redraws = [BAR.replace("250/", f"{i}/") for i in (248, 249, 249, 250)]
+    progress, points = last_progress(["Loading", *redraws, "Saving at step 250"], after_step=248)
+    assert progress is not None and progress.step == 250
+    assert [step for step, _ in points] == [249, 250]  # 248 was seen before, 249 is redrawn once
+    assert last_progress(["no bar here"], after_step=0) == (None, [])
 
 
 def test_step_saves_follow_ai_toolkit_naming(tmp_path: Path) -> None:

@@ -6,11 +6,13 @@ from pathlib import Path
 import pytest
 
 from podkit.backends.local_store import LocalStore
-from podkit.backends.state_db import SqliteOutboxRepo, StateDB
+from podkit.backends.state_db import StateDB
 from podkit.core.errors import AccessDenied, StoreUnavailable
 from podkit.core.events import RecordingNotifier
 from podkit.core.objects import ObjectRef
-from podkit.core.outbox import Backoff, Outbox
+from podkit.core.outbox import Backoff
+from podkit.jobs.outbox import Outbox
+from podkit.jobs.outbox_store import SqliteOutboxRepo
 
 
 class FlakyStore(LocalStore):
@@ -136,3 +138,45 @@ def test_bad_status_filter(env) -> None:  # type: ignore[no-untyped-def]
     _, make, _, _ = env
     with pytest.raises(ValueError, match="unknown outbox status"):
         make().list(["bogus"])
+
+
+def test_a_file_is_spooled_as_a_link_and_may_leave_its_folder(env) -> None:  # type: ignore[no-untyped-def]
+    store, make, notifier, tmp = env
+    store.down.set()
+    ob = make()
+    seen: list[tuple[str, int]] = []
+    ob.observe(lambda item: seen.append((item.status, item.attempts)))
+    ob.start()
+    src = tmp / "job" / "lora.safetensors"
+    src.parent.mkdir()
+    src.write_bytes(b"weights" * 1000)
+    item = ob.submit_file(
+        src, ObjectRef("outputs", "lora.safetensors"), content_type="application/octet-stream"
+    )
+    spooled = Path(item.spool_path)
+    assert spooled.parent == tmp / "state" / "spool" and spooled.stat().st_ino == src.stat().st_ino
+    assert item.size == 7000 and item.status == "pending"
+    assert not ob.flush(0.3) and seen and seen[0] == ("pending", 1)  # the observer hears each attempt
+    src.unlink()  # the job folder goes; the spool still holds the file
+    store.down.clear()
+    assert ob.flush(10)
+    assert store.get_bytes(ObjectRef("outputs", "lora.safetensors")) == b"weights" * 1000
+    assert store.head(ObjectRef("outputs", "lora.safetensors")).sha256 == item.sha256
+    assert seen[-1][0] == "done" and not spooled.exists()
+    assert notifier.of("podkit.upload")[-1]["status"] == "done"
+
+
+def test_withdraw_takes_only_a_waiting_item(env) -> None:  # type: ignore[no-untyped-def]
+    store, make, _, _ = env
+    store.deny = True
+    ob = make()
+    ob.start()
+    refused = ob.submit(b"a", ObjectRef("outputs", "a.png"), content_type="image/png")
+    assert ob.flush(5) and ob.get(refused.id).status == "failed"  # type: ignore[union-attr]
+    assert ob.withdraw(refused.id) and ob.get(refused.id) is None
+    assert not Path(refused.spool_path).exists()
+    store.deny = False
+    delivered = ob.submit(b"b", ObjectRef("outputs", "b.png"), content_type="image/png")
+    assert ob.flush(5)
+    assert not ob.withdraw(delivered.id) and ob.get(delivered.id).status == "done"  # type: ignore[union-attr]
+    assert not ob.withdraw("no-such-item")

@@ -2,7 +2,8 @@
 
 The trainer is ``tests/support/fake_ai_toolkit/run.py`` launched through :class:`AiToolkitBackend`
 exactly as ai-toolkit's ``run.py`` would be; its faults (crash at step N, hang, ignored SIGTERM,
-a child in its process group) are switched on through its environment.
+a child in its process group) are switched on through its environment. The final LoRA goes to the
+bucket through a real outbox on the same state database, as in ``services.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +36,17 @@ from podkit.backends.http_download import HttpDownloader
 from podkit.backends.s3_store import S3Store
 from podkit.backends.state_db import StateDB
 from podkit.backends.trainer import AiToolkitBackend, process_start_time
-from podkit.backends.training_jobs import ExclusiveGpu, GpuArbiter, TrainingOptions, TrainingService
+from podkit.core.ai_toolkit import step_saves
 from podkit.core.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from podkit.core.events import RecordingNotifier
 from podkit.core.objects import ObjectRef
-from podkit.core.outbox import Backoff
+from podkit.core.retry import Backoff
 from podkit.core.safetensors_info import read_safetensors_info
-from podkit.core.training import TrainingJob, step_saves, trainer_passthrough
+from podkit.core.trainer_env import trainer_passthrough
+from podkit.core.training import TrainingJob
+from podkit.jobs.gpu_policy import ExclusiveGpu, GpuArbiter
+from podkit.jobs.outbox import Outbox, sqlite_outbox
+from podkit.jobs.training import TrainingOptions, TrainingService
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 FAKE_AI_TOOLKIT = SUPPORT / "fake_ai_toolkit"
@@ -118,7 +125,30 @@ class Rig:
         self.fetcher = EngineFetcher()
         self.refreshes = 0
         self.services: list[TrainingService] = []
+        self.outboxes: dict[int, Outbox] = {}
         self.env: dict[str, str] = {}
+
+    def outbox(self, db: StateDB) -> Outbox:
+        """A started outbox on ``db``, retrying quickly (what ``services.py`` builds, faster)."""
+        ob = sqlite_outbox(db, self.tmp / "state" / "spool", self.store, backoff=Backoff(base=0.2, cap=1.0))
+        ob.start()
+        return ob
+
+    def bare_service(self, backend: AiToolkitBackend, name: str, **options: Any) -> TrainingService:
+        """A service on its own database, with the rig's store and defaults otherwise."""
+        db = StateDB(self.tmp / f"{name}.sqlite3")
+        svc = TrainingService(
+            db,
+            self.store,
+            backend,
+            TrainingOptions(
+                training_dir=self.tmp / name, lora_bucket=self.bucket, roots=(self.volume,), **options
+            ),
+            outbox=self.outbox(db),
+        )
+        self.services.append(svc)
+        self.outboxes[id(svc)] = svc.outbox
+        return svc
 
     def service(self, *, concurrency: int = 1, gpu: GpuArbiter | None = None, **fake: str) -> TrainingService:
         env = {
@@ -137,21 +167,28 @@ class Rig:
             concurrency=concurrency,
             stop_grace=1.0,
             poll_interval=0.05,
-            backoff=Backoff(base=0.2, cap=1.0),
         )
+        db = StateDB(self.tmp / "state" / "podkit.sqlite3")
         svc = TrainingService(
-            StateDB(self.tmp / "state" / "podkit.sqlite3"),
+            db,
             self.store,
             AiToolkitBackend(FAKE_AI_TOOLKIT, python=sys.executable),
             options,
+            outbox=self.outbox(db),
             notifier=RecordingNotifier(),
             on_lora_uploaded=self._refreshed,
             downloads=self.fetcher,
             gpu=gpu,
         )
         self.services.append(svc)
+        self.outboxes[id(svc)] = svc.outbox
         svc.start()
         return svc
+
+    def stop(self, svc: TrainingService) -> None:
+        """The PodKit process of ``svc`` shuts down: training detaches, its outbox stops."""
+        svc.close()
+        self.outboxes.pop(id(svc)).stop()
 
     def _refreshed(self) -> None:
         self.refreshes += 1
@@ -159,6 +196,8 @@ class Rig:
     def close(self) -> None:
         for svc in self.services:
             svc.close()
+            if id(svc) in self.outboxes:
+                self.outboxes.pop(id(svc)).stop()
             svc.db.close()
 
     def objects(self) -> list[str]:
@@ -322,22 +361,13 @@ def test_exit_0_without_a_final_lora_fails(rig: Rig) -> None:
 
 
 def test_a_trainer_that_cannot_start_fails_the_job(rig: Rig) -> None:
-    svc = TrainingService(
-        StateDB(rig.tmp / "other.sqlite3"),
-        rig.store,
-        AiToolkitBackend(FAKE_AI_TOOLKIT, python=str(rig.tmp / "no-such-python")),
-        TrainingOptions(
-            training_dir=rig.tmp / "t", lora_bucket=rig.bucket, roots=(rig.volume,), poll_interval=0.05
-        ),
+    svc = rig.bare_service(
+        AiToolkitBackend(FAKE_AI_TOOLKIT, python=str(rig.tmp / "no-such-python")), "other", poll_interval=0.05
     )
     svc.start()
-    try:
-        job = svc.submit(request("nopython", dataset={"path": str(rig.dataset)}))
-        done = wait_for(finished(svc, job.id), "the job")
-        assert done.status == "failed" and "cannot start the trainer" in (done.error or "")
-    finally:
-        svc.close()
-        svc.db.close()
+    job = svc.submit(request("nopython", dataset={"path": str(rig.dataset)}))
+    done = wait_for(finished(svc, job.id), "the job")
+    assert done.status == "failed" and "cannot start the trainer" in (done.error or "")
 
 
 def test_hang_then_cancel_kills_the_process_group(rig: Rig) -> None:
@@ -453,15 +483,9 @@ def test_dataset_sources_bucket_zip_bucket_folder_and_tar_url(rig: Rig, web: Fau
 
 
 def test_training_disabled_without_ai_toolkit(rig: Rig) -> None:
-    svc = TrainingService(
-        StateDB(rig.tmp / "other.sqlite3"),
-        rig.store,
-        AiToolkitBackend(None),
-        TrainingOptions(training_dir=rig.tmp / "t", lora_bucket=rig.bucket, roots=(rig.volume,)),
-    )
+    svc = rig.bare_service(AiToolkitBackend(None), "other")
     with pytest.raises(Forbidden, match="PODKIT_AI_TOOLKIT_DIR"):
         svc.submit(request("x", dataset={"path": str(rig.dataset)}))
-    svc.db.close()
 
 
 def test_restart_reattaches_to_a_running_trainer(rig: Rig) -> None:
@@ -470,7 +494,7 @@ def test_restart_reattaches_to_a_running_trainer(rig: Rig) -> None:
     first = rig.service()
     job = first.submit(request("survivor", dataset={"path": str(rig.dataset)}, steps=120))
     wait_for(lambda: first.get(job.id).step >= 10, "progress")
-    first.close()  # ComfyUI restarts: the trainer keeps training
+    rig.stop(first)  # ComfyUI restarts: the trainer keeps training
     leader = int(pid_file.read_text().split()[0])
     assert not gone(leader)
     assert rig.services[0].get(job.id).status == "running"
@@ -491,7 +515,7 @@ def test_restart_after_the_trainer_ended_unwatched(rig: Rig, outcome: str) -> No
     first = rig.service(step_delay=delay, pid_file=str(pid_file))
     job = first.submit(request("unwatched", dataset={"path": str(rig.dataset)}, steps=60))
     wait_for(lambda: first.get(job.id).step >= 3, "progress")
-    first.close()
+    rig.stop(first)
     leader = int(pid_file.read_text().split()[0])
     if outcome == "killed":
         os.killpg(leader, signal.SIGKILL)
@@ -561,28 +585,103 @@ def test_kill_9_of_the_podkit_process_then_restart(rig: Rig, s3_server: Any) -> 
     assert done.lora_sha256 == hashlib.sha256(done.final_path.read_bytes()).hexdigest()
 
 
-def test_store_down_at_upload_time_then_back(rig: Rig, s3_gateway: Any) -> None:
-    """R2 unreachable when the LoRA is ready: retried with backoff, survives a restart, never lost."""
+@contextmanager
+def store_down(s3_gateway: Any) -> Iterator[None]:
+    """The S3 gateway is stopped inside the block (radosgw only: moto forgets its buckets)."""
     if type(s3_gateway).__name__ == "MotoServer":
         pytest.skip("moto forgets its buckets when restarted; this outage needs radosgw")
-    svc = rig.service()
     s3_gateway.stop_gateway()
     try:
+        yield
+    finally:
+        s3_gateway.start_gateway()
+
+
+def test_store_down_at_upload_time_then_back(rig: Rig, s3_gateway: Any) -> None:
+    """R2 unreachable when the LoRA is ready: the outbox holds it (listed with the other uploads) and
+    retries it with its backoff, across a restart; the job is ``uploading`` until it is delivered."""
+    svc = rig.service()
+    with store_down(s3_gateway):
         job = svc.submit(request("patient", dataset={"path": str(rig.dataset)}, steps=10))
         waiting = wait_for(
             lambda: (j := svc.get(job.id)).status == "uploading" and j.attempts >= 2 and j,
             "failed upload attempts",
         )
         assert "retrying" in (waiting.error or "")
-        svc.close()  # and PodKit restarts while the store is still down
+        (item,) = svc.outbox.list(["pending", "uploading"])  # what GET /podkit/outbox shows
+        assert (item.id, item.bucket, item.key) == (waiting.upload_id, rig.bucket, "patient.safetensors")
+        assert item.attempts >= 2 and item.last_error and item.sha256 == waiting.lora_sha256
+        rig.stop(svc)  # and PodKit restarts while the store is still down
         again = rig.service()
         wait_for(lambda: again.get(job.id).attempts > waiting.attempts, "retries after the restart")
         assert again.get(job.id).status == "uploading"
-        assert again.get(job.id).final_path.is_file()  # the LoRA waits in the job folder
-    finally:
-        s3_gateway.start_gateway()
+        assert [i.id for i in again.outbox.list(["pending", "uploading"])] == [item.id]  # the same item
     done = wait_for(finished(again, job.id), "the upload once the store is back")
     assert done.status == "done", done.error
     ref = ObjectRef(rig.bucket, "patient.safetensors")
     assert rig.store.get_bytes(ref) == done.final_path.read_bytes()
-    assert done.lora_etag == rig.store.head(ref).etag
+    assert done.lora_etag == rig.store.head(ref).etag and done.lora_uri == ref.uri
+    assert again.outbox.get(item.id).status == "done"  # type: ignore[union-attr]
+    assert not list((rig.tmp / "state" / "spool").iterdir())  # the outbox's link to the LoRA is gone
+    assert rig.refreshes == 1
+
+
+def test_cancel_while_the_lora_waits_in_the_outbox(rig: Rig, s3_gateway: Any) -> None:
+    """Cancelling an ``uploading`` job takes its LoRA out of the outbox; the job folder keeps it."""
+    svc = rig.service()
+    with store_down(s3_gateway):
+        job = svc.submit(request("unwanted", dataset={"path": str(rig.dataset)}, steps=5))
+        waiting = wait_for(lambda: (j := svc.get(job.id)).attempts >= 1 and j, "a failed upload attempt")
+        wait_for(lambda: svc.outbox.get(waiting.upload_id).status == "pending", "the item to wait")  # type: ignore[arg-type, union-attr]
+        cancelled = svc.cancel(job.id)
+    assert cancelled.status == "cancelled" and "before its LoRA was uploaded" in (cancelled.error or "")
+    assert svc.outbox.get(waiting.upload_id) is None  # type: ignore[arg-type]
+    assert cancelled.final_path.is_file() and rig.objects() == []
+
+
+def test_a_refused_upload_fails_the_job_and_a_retry_in_the_outbox_delivers_it(
+    tmp_path: Path, store: S3Store
+) -> None:
+    """The bucket does not exist: the outbox refuses to retry on its own, the job fails saying where
+    the LoRA waits; once the bucket exists, the outbox's retry delivers it and the job is ``done``."""
+    bucket = f"loras-{uuid.uuid4().hex[:10]}"  # not created yet
+    rig = Rig(tmp_path, store, bucket)
+    try:
+        svc = rig.service()
+        job = svc.submit(request("early", dataset={"path": str(rig.dataset)}, steps=5))
+        failed = wait_for(finished(svc, job.id), "the refused upload")
+        assert failed.status == "failed" and "refused" in (failed.error or "")
+        assert f"item {failed.upload_id}" in (failed.error or "") and failed.lora_uri is None
+        (item,) = svc.outbox.list(["failed"])
+        assert item.id == failed.upload_id and "does not exist" in (item.last_error or "")
+        with pytest.raises(Conflict, match="never uploaded"):
+            svc.delete(job.id)  # the LoRA would be lost: not without force
+        store.ensure_bucket(bucket)
+        assert svc.outbox.retry([item.id]) == 1  # POST /podkit/outbox/retry
+        done = wait_for(lambda: (j := svc.get(job.id)).status == "done" and j, "the delivery after the retry")
+        assert done.lora_uri == f"r2://{bucket}/early.safetensors" and done.error is None
+        assert store.get_bytes(ObjectRef(bucket, "early.safetensors")) == done.final_path.read_bytes()
+        assert rig.refreshes == 1
+    finally:
+        rig.close()
+
+
+def test_an_upload_begun_before_the_outbox_is_finished_through_it(rig: Rig) -> None:
+    """A state database from a PodKit that uploaded LoRAs itself: a job left ``uploading`` (no outbox
+    item) is handed to the outbox by the next start and ends ``done``."""
+    first = rig.service()
+    job = first.submit(request("legacy", dataset={"path": str(rig.dataset)}, steps=5))
+    done = wait_for(finished(first, job.id), "the first run")
+    assert done.status == "done", done.error
+    rig.stop(first)
+    ref = ObjectRef(rig.bucket, "legacy.safetensors")
+    rig.store.delete(ref)
+    first.jobs.save(
+        replace(done, status="uploading", upload_id=None, lora_uri=None, lora_etag=None, finished=None)
+    )
+
+    second = rig.service()
+    again = wait_for(finished(second, job.id), "the upload after the restart")
+    assert again.status == "done" and again.upload_id not in (None, done.upload_id), again.error
+    assert rig.store.get_bytes(ref) == again.final_path.read_bytes()
+    assert second.outbox.get(again.upload_id).status == "done"  # type: ignore[arg-type, union-attr]
