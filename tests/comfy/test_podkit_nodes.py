@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import time
 import urllib.request
@@ -12,17 +11,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 from support import workflows as wf
+from support.comfy_results import decode, pixels_of, run_ok
 from support.make_tiny_models import CHECKPOINT, LORA_A, LORA_B, LORA_NOMATCH
+from support.workflows import podkit_lora
 
 SECRET_MARK = "podkit-secret-marker"
-
-
-def decode(data: bytes) -> tuple[np.ndarray, dict[str, str]]:
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        return np.asarray(img.convert("RGB"), dtype=np.int16), dict(getattr(img, "text", {}))
 
 
 @pytest.fixture(scope="module")
@@ -51,20 +45,6 @@ def podkit_comfy(comfy_server_factory, s3_server: Any, buckets: tuple[str, str])
     server.require_podkit()
     yield server
     server.stop()
-
-
-def run_ok(server: Any, prompt: dict[str, Any], **kw: Any) -> Any:
-    result = server.client.run_workflow(prompt, timeout=600, **kw)
-    assert result.ok, result.describe()
-    return result
-
-
-def pixels_of(server: Any, result: Any) -> np.ndarray:
-    return decode(result.image_bytes(wf.Ids.SAVE)[0])[0]
-
-
-def podkit_lora(name: str, strength: float = 1.0) -> tuple[str, dict[str, Any]]:
-    return ("PodKitR2LoraLoader", {"lora_name": name, "strength_model": strength, "strength_clip": strength})
 
 
 def test_nodes_registered_without_secrets(podkit_comfy: Any, s3_server: Any) -> None:
