@@ -12,7 +12,7 @@ from podkit.backends.monitor import MetricsStore, Monitor, RssProbe
 from podkit.backends.state_db import StateDB
 from podkit.core.events import RecordingNotifier
 from podkit.core.presets import Family
-from tests.unit.test_metrics import GRAPH, Clock, run_events
+from tests.support.metrics_support import GRAPH, Clock, run_events
 
 
 class FixedProbe:

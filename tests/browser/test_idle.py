@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_support import shot
 
 from .conftest import ControlPlane, start_control_plane, stop_control_plane
-from .test_panel import shot
 
 IDLE_ENV = {
     "PODKIT_IDLE_MINUTES": "0.5",

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from browser_support import shot
+
 SECTIONS = ["Downloads", "Models & cache", "Training", "Monitor", "Outbox"]
 
 # the accessible name of every visible form control, or a description of the unnamed ones
@@ -32,12 +34,6 @@ FOCUS_JS = """() => {
   const label = el.id && document.querySelector(`label[for="${el.id}"]`);
   return (el.getAttribute('aria-label') || (label && label.textContent) || el.textContent || el.tagName).trim();
 }"""
-
-
-def shot(page: Any, screenshots: Path, name: str) -> Path:
-    path = screenshots / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    return path
 
 
 def test_panel_renders_every_section_at_sidebar_width(

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from .test_panel import shot
+from browser_support import shot
 
 
 @pytest.fixture

@@ -11,9 +11,8 @@ from typing import Any
 import numpy as np
 from http_server import fault_server
 from support import workflows as wf
+from support.comfy_results import pixels_of, run_ok
 from support.make_tiny_models import CHECKPOINT, LORA_A
-
-from tests.comfy.test_podkit_nodes import pixels_of, run_ok
 
 
 def lora_choices(server: Any) -> list[str]:

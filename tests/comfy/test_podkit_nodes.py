@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import time
 import urllib.request
@@ -12,17 +11,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 from support import workflows as wf
+from support.comfy_results import decode, pixels_of, run_ok
 from support.make_tiny_models import CHECKPOINT, LORA_A, LORA_B, LORA_NOMATCH
+from support.workflows import podkit_lora
 
 SECRET_MARK = "podkit-secret-marker"
-
-
-def decode(data: bytes) -> tuple[np.ndarray, dict[str, str]]:
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        return np.asarray(img.convert("RGB"), dtype=np.int16), dict(getattr(img, "text", {}))
 
 
 @pytest.fixture(scope="module")
@@ -51,20 +45,6 @@ def podkit_comfy(comfy_server_factory, s3_server: Any, buckets: tuple[str, str])
     server.require_podkit()
     yield server
     server.stop()
-
-
-def run_ok(server: Any, prompt: dict[str, Any], **kw: Any) -> Any:
-    result = server.client.run_workflow(prompt, timeout=600, **kw)
-    assert result.ok, result.describe()
-    return result
-
-
-def pixels_of(server: Any, result: Any) -> np.ndarray:
-    return decode(result.image_bytes(wf.Ids.SAVE)[0])[0]
-
-
-def podkit_lora(name: str, strength: float = 1.0) -> tuple[str, dict[str, Any]]:
-    return ("PodKitR2LoraLoader", {"lora_name": name, "strength_model": strength, "strength_clip": strength})
 
 
 def test_nodes_registered_without_secrets(podkit_comfy: Any, s3_server: Any) -> None:
@@ -134,11 +114,11 @@ def test_lora_errors_name_the_lora(
     assert bad.status == "rejected" and wf.Ids.LORA in bad.node_errors
 
 
-def wait_for_objects(s3: Any, bucket: str, n: int, timeout: float = 120) -> list[str]:
+def wait_for_objects(s3: Any, bucket: str, n: int, prefix: str = "", timeout: float = 120) -> list[str]:
     deadline = time.monotonic() + timeout
     keys: list[str] = []
     while time.monotonic() < deadline:
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
         if len(keys) >= n:
             return sorted(keys)
         time.sleep(0.5)
@@ -154,13 +134,14 @@ def test_save_to_r2_puts_the_png_and_reports_urls(
     podkit_comfy: Any, s3: Any, buckets: tuple[str, str]
 ) -> None:
     workflow = {"nodes": [{"id": 8, "type": "PodKitSaveToR2"}], "note": "ui graph"}
-    prompt = wf.txt2img(CHECKPOINT, seed=3, batch_size=2, save_node=save_node("runs/save"))
+    prefix = f"runs/save-{uuid.uuid4().hex[:6]}"  # the buckets are shared by both ComfyUI trees' runs
+    prompt = wf.txt2img(CHECKPOINT, seed=3, batch_size=2, save_node=save_node(prefix))
     result = run_ok(podkit_comfy, prompt, extra_pnginfo={"workflow": workflow})
     uploads = result.outputs[wf.Ids.SAVE]["podkit_uploads"]
     assert len(uploads) == 2 and len(result.outputs[wf.Ids.SAVE]["images"]) == 2
     for i, up in enumerate(uploads):
-        assert up["bucket"] == buckets[1] and up["key"].startswith(f"runs/save/{result.prompt_id}_{i:02d}_")
-    keys = wait_for_objects(s3, buckets[1], 2)
+        assert up["bucket"] == buckets[1] and up["key"].startswith(f"{prefix}/{result.prompt_id}_{i:02d}_")
+    keys = wait_for_objects(s3, buckets[1], 2, prefix=prefix + "/")
     assert keys == sorted(u["key"] for u in uploads)
     body = s3.get_object(Bucket=buckets[1], Key=uploads[0]["key"])["Body"].read()
     pixels, text = decode(body)
@@ -190,11 +171,7 @@ def test_s3_outage_and_restart_lose_nothing(
     finally:
         s3_gateway.start_gateway()
     podkit_comfy.start()
-    keys = [k for k in wait_for_objects(s3, buckets[1], 3, timeout=180) if k.startswith(prefix)]
-    deadline = time.monotonic() + 120
-    while len(keys) < 3 and time.monotonic() < deadline:
-        time.sleep(0.5)
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=buckets[1], Prefix=prefix).get("Contents", [])]
+    keys = wait_for_objects(s3, buckets[1], 3, prefix=prefix, timeout=300)
     assert sorted(keys) == sorted(expected), "every image arrives exactly once"
     counts = podkit_comfy.client.get_json("/podkit/outbox")["counts"]
     assert counts.get("pending", 0) == 0 and counts.get("failed", 0) == 0

@@ -16,7 +16,7 @@ import pytest
 from support import workflows as wf
 from support.make_tiny_models import CHECKPOINT
 
-from tests.unit.test_metrics import parse_prometheus
+from tests.support.metrics_support import parse_prometheus
 
 PRESETS = """\
 sd15:

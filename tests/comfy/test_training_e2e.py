@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 from support import workflows as wf
+from support.comfy_results import pixels_of, run_ok
 from support.make_tiny_models import CHECKPOINT, LORA_A
-
-from tests.comfy.test_podkit_nodes import pixels_of, podkit_lora, run_ok
+from support.workflows import podkit_lora
 
 FAKE_AI_TOOLKIT = Path(__file__).resolve().parents[1] / "support" / "fake_ai_toolkit"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32

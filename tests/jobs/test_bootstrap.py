@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 from http_server import FaultServer, fault_server
-
-from tests.jobs.test_downloads import LORA_KEYS, VAE_KEYS, safetensors_bytes
+from safetensors_support import LORA_KEYS, VAE_KEYS, safetensors_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 2**20

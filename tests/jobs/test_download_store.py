@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from old_schemas import OLD_DOWNLOADS
+
 from podkit.backends.state_db import StateDB
 from podkit.core.download_job import DownloadJob, FileState, item_to_json
 from podkit.core.download_request import DownloadItem
 from podkit.jobs.download_store import DownloadStore
-from tests.jobs.test_kit import OLD_DOWNLOADS
 
 ITEM = DownloadItem(source="url", url="https://e.com/a.safetensors", type="lora")
 

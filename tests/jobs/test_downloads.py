@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from http_server import FaultServer, fault_server
+from safetensors_support import LORA_KEYS, VAE_KEYS, safetensors_bytes
 
 from podkit.backends.http_download import partial_progress
 from podkit.backends.local_store import LocalStore
@@ -30,18 +30,6 @@ from podkit.services import url_policy
 
 CHILD = Path(__file__).resolve().parents[1] / "support" / "download_child.py"
 MiB = 2**20
-
-
-def safetensors_bytes(keys: list[str], payload: int, seed: int = 0) -> bytes:
-    """A file whose header names ``keys`` (what the classifier reads), followed by ``payload`` bytes."""
-    header = {k: {"dtype": "U8", "shape": [1], "data_offsets": [i, i + 1]} for i, k in enumerate(keys)}
-    raw = json.dumps(header).encode()
-    body = hashlib.sha256(str(seed).encode()).digest() * (payload // 32 + 1)
-    return struct.pack("<Q", len(raw)) + raw + body[:payload]
-
-
-LORA_KEYS = ["lora_unet_a.lora_down.weight", "lora_unet_a.lora_up.weight"]
-VAE_KEYS = ["encoder.conv_in.weight", "decoder.conv_in.weight"]
 
 
 def settings_for(tmp_path: Path, **env: str) -> Settings:

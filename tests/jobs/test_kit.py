@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from old_schemas import OLD_DOWNLOADS, OLD_TRAINING
 
 from podkit.backends.state_db import StateDB
 from podkit.core import errors
@@ -23,22 +24,6 @@ from podkit.jobs.kit import (
     retryable,
 )
 
-# The schemas as backends/downloads.py and backends/training_jobs.py wrote them before the kit.
-OLD_DOWNLOADS = """
-    CREATE TABLE IF NOT EXISTS downloads (
-        id TEXT PRIMARY KEY, key TEXT NOT NULL, item TEXT NOT NULL, force INTEGER NOT NULL,
-        status TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL, state TEXT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS downloads_key ON downloads(key);
-    CREATE INDEX IF NOT EXISTS downloads_status ON downloads(status)
-"""
-OLD_TRAINING = """
-    CREATE TABLE IF NOT EXISTS training_jobs (
-        id TEXT PRIMARY KEY, status TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
-        data TEXT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS training_jobs_status ON training_jobs(status, created)
-"""
 TRAINING = TableSpec(
     table="training_jobs", component="training", indexes={"training_jobs_status": "status, created"}
 )

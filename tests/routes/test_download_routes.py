@@ -11,9 +11,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 from http_server import FaultServer, fault_server
 from route_support import SECRETS, TOKEN, client_for, make_services
+from safetensors_support import LORA_KEYS, VAE_KEYS, safetensors_bytes
 
 from podkit.services import Services
-from tests.jobs.test_downloads import LORA_KEYS, VAE_KEYS, safetensors_bytes
 
 MiB = 2**20
 

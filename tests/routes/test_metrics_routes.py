@@ -11,7 +11,7 @@ from route_support import client_for, make_services
 
 from podkit.core.presets import DEFAULT_TABLE, Family, Tier
 from podkit.services import Services
-from tests.unit.test_metrics import GRAPH, parse_prometheus, run_events
+from tests.support.metrics_support import GRAPH, parse_prometheus, run_events
 
 
 @pytest.fixture

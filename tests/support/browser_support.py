@@ -87,6 +87,13 @@ def watch(page: Any, log: PageLog) -> None:
     )
 
 
+def shot(page: Any, screenshots: Path, name: str) -> Path:
+    """A full-page screenshot ``<screenshots>/<name>.png``; returns its path."""
+    path = screenshots / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
 @contextmanager
 def browser_session() -> Iterator[Any]:
     """A launched headless Chromium (playwright's sync API allows one per thread: share it)."""

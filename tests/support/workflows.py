@@ -63,6 +63,11 @@ def _spec(spec: NodeSpec) -> tuple[str, dict[str, Any], dict[str, Any]]:
     return class_type, copy.deepcopy(dict(inputs)), dict(outputs)
 
 
+def podkit_lora(name: str, strength: float = 1.0) -> NodeSpec:
+    """PodKit's bucket LoRA loader in place of core ``LoraLoader`` (``txt2img(..., lora_node=...)``)."""
+    return ("PodKitR2LoraLoader", {"lora_name": name, "strength_model": strength, "strength_clip": strength})
+
+
 def txt2img(
     ckpt: str,
     *,
