@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .backends.downloads import DownloadService
-from .backends.gencache_store import GenerationStore
+from .backends.gencache_store import BucketMirror, GenerationStore
 from .backends.idle_watch import ActivityProbe, IdleWatch, command_runner, runpod_stopper
 from .backends.local_store import LocalStore
 from .backends.monitor import MetricsStore, Monitor
@@ -26,6 +26,7 @@ from .backends.state_db import SqliteOutboxRepo, StateDB
 from .backends.training_jobs import TrainingService, build_training_service
 from .core.decode_cache import DecodeCache
 from .core.events import Notifier, NullNotifier
+from .core.gencache import GenerationStats
 from .core.host import STANDALONE, HostInfo
 from .core.loras import LoraLibrary
 from .core.lru import ByteLRU
@@ -192,17 +193,21 @@ def build_services(
         ),
         downloads=downloads,
         training=training,
-        generation=(
-            GenerationStore(
-                ModelCache(settings.cache_dir / "generation", max_bytes=settings.generation_cache_max_bytes)
-            )
-            if settings.generation_cache
-            else None
-        ),
+        generation=build_generation_store(settings, store),
         activity=probe,
         idle=IdleWatch(pod.idle, probe, action, notifier=switch),
         health=health,
     )
+
+
+def build_generation_store(settings: Settings, store: ObjectStore) -> GenerationStore | None:
+    """The generation cache on the volume, mirrored under a bucket prefix when one is configured."""
+    if not settings.generation_cache:
+        return None
+    cache = ModelCache(settings.cache_dir / "generation", max_bytes=settings.generation_cache_max_bytes)
+    root = settings.generation_cache_mirror
+    mirror = BucketMirror(store, root, GenerationStats()) if root is not None else None
+    return GenerationStore(cache, mirror=mirror)
 
 
 _lock = threading.Lock()
