@@ -126,6 +126,11 @@ class _NodeCounts:
     skipped: int = 0
     bytes_served: int = 0
     bytes_stored: int = 0
+    #: microseconds the prompt waited: lookups that hit (reading the entry), lookups that missed,
+    #: and taking entries on the prompt thread (the store's only cost to the prompt)
+    hit_us: int = 0
+    miss_us: int = 0
+    store_us: int = 0
 
 
 #: what the bucket mirror counts: entries served from it, absent there, published to it, refused
@@ -159,7 +164,7 @@ class GenerationStats:
 
     def totals(self) -> dict[str, int]:
         with self._lock:
-            keys = ("hits", "misses", "stores", "skipped", "bytes_served", "bytes_stored")
+            keys = tuple(_NodeCounts.__dataclass_fields__)
             return {k: sum(getattr(c, k) for c in self.nodes.values()) for k in keys} | {
                 "errors": self.errors,
                 **self.bucket,

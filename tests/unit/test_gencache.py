@@ -65,9 +65,11 @@ def test_stats_per_node_type() -> None:
     stats = GenerationStats()
     stats.count("KSampler", hits=1, bytes_served=10)
     stats.count("KSampler", misses=1)
-    stats.count("VAEDecode", stores=1, bytes_stored=5)
+    stats.count("VAEDecode", stores=1, bytes_stored=5, store_us=300)
+    stats.count("KSampler", store_us=200)
     wire = stats.to_wire()
     assert wire["nodes"]["KSampler"]["hits"] == 1 and wire["totals"]["bytes_stored"] == 5
+    assert wire["totals"]["store_us"] == 500  # what taking entries cost the prompt thread, summed
 
 
 def test_bucket_counts_join_the_totals() -> None:
