@@ -73,8 +73,13 @@ def make_provider(store: GenerationStore, identities: FileIdentities, graph_of: 
             self.scope: str | None = None
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="podkit-gencache")
             self._pending: list[Future[None]] = []
+            # ComfyUI asks for every node when the prompt starts and again, for each one it then
+            # has to run, just before running it: a digest that missed is not looked up twice
+            # (with a bucket mirror, each look-up is a request)
+            self._missed: set[str] = set()
 
         def on_prompt_start(self, prompt_id: str) -> None:
+            self._missed.clear()
             graph = graph_of(prompt_id)
             try:
                 self.scope = scope_of(graph, identities) if graph is not None else None
@@ -127,6 +132,8 @@ def make_provider(store: GenerationStore, identities: FileIdentities, graph_of: 
                 return None
             digest = entry_digest(context.cache_key_hash, scope)
             started = time.perf_counter()
+            if digest in self._missed:  # asked again before running it: the same miss, not counted
+                return None
             try:
                 found = await asyncio.to_thread(store.load, digest)
             except Exception as e:  # a damaged entry is a miss
@@ -134,6 +141,7 @@ def make_provider(store: GenerationStore, identities: FileIdentities, graph_of: 
                 logger.warning("generation cache: entry %s unreadable: %s", digest[:12], e)
                 found = None
             if found is None:
+                self._missed.add(digest)
                 store.stats.count(context.class_type, misses=1, miss_us=_us_since(started))
                 return None
             outputs, ui, size = found

@@ -136,6 +136,7 @@ def test_a_second_pod_serves_the_first_pods_prompt(
     assert a.client.get_json("/podkit/status")["host"]["features"]["cache_provider"]["used"] is True
     stored = wait_for_stores(a, {"KSampler": 1, "VAEDecode": 1})
     assert "SaveImage" not in stored and stored["CheckpointLoaderSimple"]["skipped"] == 1
+    assert stored["KSampler"]["misses"] == 1  # ComfyUI asks twice (prompt start, before running)
     second = run_ok(b, wf.txt2img(CHECKPOINT, seed=5, steps=2))
     # no sampling on the second pod: ComfyUI reports the nodes as cached, the image is the same
     assert {wf.Ids.SAMPLER, wf.Ids.DECODE, wf.Ids.POSITIVE} <= set(second.cached_nodes()), (
