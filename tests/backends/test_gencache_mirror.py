@@ -15,10 +15,13 @@ import torch
 
 from podkit.backends.gencache_mirror import BucketMirror
 from podkit.backends.gencache_store import GenerationStore
+from podkit.backends.local_store import LocalStore
 from podkit.backends.s3_store import S3Store
 from podkit.core.gencache import GenerationStats, entry_digest, model_scope
 from podkit.core.model_cache import ModelCache
 from podkit.core.objects import ObjectRef, ObjectStore
+from podkit.core.settings import Settings
+from podkit.services import build_generation_store
 
 SCOPE = model_scope({"checkpoints/tiny.safetensors": "ab" * 32})
 
@@ -169,3 +172,29 @@ def test_a_bucket_that_is_down_costs_only_the_copy_in_the_bucket(pod: Any, s3_se
     assert a.load(digest_of("g")) is None  # the bucket is left alone meanwhile: no new error
     assert a.stats.bucket["bucket_errors"] == 1 and a.stats.bucket["bucket_misses"] == 0
     down.close()
+
+
+def test_the_services_build_the_mirror_from_the_setting(tmp_path: Path) -> None:
+    """PODKIT_GENERATION_CACHE_BUCKET_PREFIX through ``build_generation_store``, over the embedded
+    local store (the same protocol as S3): two pods without a common volume share an entry."""
+    store = LocalStore(tmp_path / "store")
+    store.ensure_bucket("shared-cache")
+    pods = []
+    for name in ("pod-a", "pod-b"):
+        settings = Settings.from_env({
+            "PODKIT_VOLUME_DIR": "", "PODKIT_CACHE_DIR": str(tmp_path / name), "PODKIT_GENERATION_CACHE": "1",
+            "PODKIT_GENERATION_CACHE_BUCKET_PREFIX": "r2://shared-cache/gen",
+        })  # fmt: skip
+        gen = build_generation_store(settings, store)
+        assert (
+            gen is not None and gen.mirror is not None and gen.mirror.root == ObjectRef("shared-cache", "gen")
+        )
+        pods.append(gen)
+    a, b = pods
+    value = outputs(5)
+    a.save(digest_of("h"), value, None)
+    a.mirror.flush(timeout=60)  # type: ignore[union-attr]
+    assert_identical(b.load(digest_of("h"))[0], value)  # type: ignore[index]
+    assert b.stats.totals()["bucket_hits"] == 1
+    for gen in pods:
+        gen.mirror.close()  # type: ignore[union-attr]
