@@ -17,7 +17,14 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from ..core.errors import CorruptFile, ObjectChanged, ObjectNotFound, PodKitError, TransferFailed
+from ..core.errors import (
+    CorruptFile,
+    InsufficientStorage,
+    ObjectChanged,
+    ObjectNotFound,
+    PodKitError,
+    TransferFailed,
+)
 from ..core.gencache import GenerationStats, mirror_key
 from ..core.model_cache import CacheKey, ModelCache, sha256_file
 from ..core.objects import ObjectMeta, ObjectRef, ObjectStore
@@ -86,6 +93,10 @@ class BucketMirror:
                 return None
             self.stats.count_bucket("bucket_refused")
             logger.warning("generation cache: refused %s from the bucket: %s", digest[:12], e)
+            return None
+        except InsufficientStorage as e:  # the volume is full, the bucket is fine
+            self.stats.count_bucket("bucket_errors")
+            logger.warning("generation cache: no room for %s from the bucket: %s", digest[:12], e)
             return None
         except (PodKitError, OSError) as e:
             self._failed("lookup", e)

@@ -17,6 +17,7 @@ from podkit.backends.gencache_mirror import BucketMirror
 from podkit.backends.gencache_store import GenerationStore
 from podkit.backends.local_store import LocalStore
 from podkit.backends.s3_store import S3Store
+from podkit.core import model_cache
 from podkit.core.gencache import GenerationStats, entry_digest, model_scope
 from podkit.core.model_cache import ModelCache
 from podkit.core.objects import ObjectRef, ObjectStore
@@ -198,3 +199,17 @@ def test_the_services_build_the_mirror_from_the_setting(tmp_path: Path) -> None:
     assert b.stats.totals()["bucket_hits"] == 1
     for gen in pods:
         gen.mirror.close()  # type: ignore[union-attr]
+
+
+def test_a_full_volume_is_not_taken_for_a_bucket_that_is_down(
+    pod: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalStore(tmp_path / "store")
+    store.ensure_bucket("shared-cache")
+    a, mirror_a = pod("pod-a", store, ObjectRef("shared-cache", "gen"))
+    a.save(digest_of("i"), outputs(6), None)
+    mirror_a.flush(timeout=60)
+    b, mirror_b = pod("pod-b", store, ObjectRef("shared-cache", "gen"))
+    monkeypatch.setattr(model_cache, "FREE_SPACE_RESERVE", 2**62)  # no volume has that much room
+    assert b.load(digest_of("i")) is None
+    assert b.stats.bucket["bucket_errors"] == 1 and mirror_b.available()
