@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .backends.gencache_mirror import BucketMirror
 from .backends.gencache_store import GenerationStore
 from .backends.idle_watch import ActivityProbe, IdleWatch, command_runner, runpod_stopper
 from .backends.local_store import LocalStore
@@ -26,6 +27,7 @@ from .backends.state_db import StateDB
 from .backends.trainer import AiToolkitBackend
 from .core.decode_cache import DecodeCache
 from .core.events import Notifier, NullNotifier
+from .core.gencache import GenerationStats
 from .core.host import STANDALONE, HostInfo
 from .core.lora_patches import DEFAULT_MAX_ENTRIES, LoraPatchCache
 from .core.loras import LoraLibrary
@@ -116,6 +118,8 @@ class Services:
         self.training.close()  # detaches: running trainers go on and are re-attached next start
         self.outbox.stop()
         self.downloads.close()
+        if self.generation is not None:
+            self.generation.close()
         closer = getattr(self.store, "close", None)
         if callable(closer):
             closer()
@@ -268,14 +272,18 @@ def build_services(
             settings.decode_ram_cache_bytes, cache if settings.decode_disk_cache else None
         ),
         lora_patches=LoraPatchCache(DEFAULT_MAX_ENTRIES),
-        generation=(
-            GenerationStore(
-                ModelCache(settings.cache_dir / "generation", max_bytes=settings.generation_cache_max_bytes)
-            )
-            if settings.generation_cache
-            else None
-        ),
+        generation=build_generation_store(settings, store),
     )
+
+
+def build_generation_store(settings: Settings, store: ObjectStore) -> GenerationStore | None:
+    """The generation cache on the volume, mirrored under a bucket prefix when one is configured."""
+    if not settings.generation_cache:
+        return None
+    cache = ModelCache(settings.cache_dir / "generation", max_bytes=settings.generation_cache_max_bytes)
+    root = settings.generation_cache_mirror
+    mirror = BucketMirror(store, root, GenerationStats()) if root is not None else None
+    return GenerationStore(cache, mirror=mirror)
 
 
 _lock = threading.Lock()

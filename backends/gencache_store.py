@@ -1,5 +1,6 @@
 """The generation cache on disk: entries in a :class:`~podkit.core.model_cache.ModelCache` of their
-own (same atomic publish, locks, LRU and size cap as the model cache), and the sha256 of model files.
+own (same atomic publish, locks, LRU and size cap as the model cache), optionally mirrored to a bucket
+(:mod:`.gencache_mirror`), and the sha256 of model files.
 
 torch and safetensors are imported when an entry is written or read, which only happens inside
 ComfyUI (the host provides both).
@@ -11,14 +12,23 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import CorruptFile
 from ..core.fsutil import sha256_file
-from ..core.gencache import METADATA_KEY, GenerationStats, Unsupported, read_skeleton, skeleton_text
+from ..core.gencache import (
+    DIGEST_KEY,
+    ENTRY_SUFFIX,
+    METADATA_KEY,
+    GenerationStats,
+    Unsupported,
+    read_skeleton,
+    skeleton_text,
+)
 from ..core.model_cache import CacheKey, ModelCache
-
-SUFFIX = ".safetensors"
+from .gencache_mirror import BucketMirror
 
 
 def _is_tensor(obj: Any) -> bool:
@@ -27,26 +37,60 @@ def _is_tensor(obj: Any) -> bool:
     return isinstance(obj, torch.Tensor)
 
 
+def _read(path: Path, digest: str, *, tensors: bool = True, named: bool = False) -> tuple[Any, Any]:
+    """(outputs, ui) of the entry file at ``path``; ValueError when it is another entry's file
+    (or, with ``named``, does not name its entry at all). Without ``tensors`` only the header is
+    read and checked (outputs and ui are then None)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        stored = metadata.get(DIGEST_KEY)
+        if (named or stored is not None) and stored != digest:
+            raise ValueError(f"the file holds entry {str(stored)[:12]}, not {digest[:12]}")
+        if METADATA_KEY not in metadata:
+            raise ValueError("no generation cache metadata")
+        if not tensors:
+            return None, None
+        values = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    return read_skeleton(metadata[METADATA_KEY], values)
+
+
+def verifier(digest: str) -> Callable[[Path], None]:
+    """The check a bucket download passes before it is published: a safetensors entry that names
+    ``digest`` as its own (a file copied under another entry's name is refused)."""
+
+    def verify(path: Path) -> None:
+        try:
+            _read(path, digest, tensors=False, named=True)
+        except Exception as e:  # whatever the parser says about a broken file
+            raise CorruptFile(f"generation cache entry {digest[:12]} from the bucket: {e}") from e
+
+    return verify
+
+
 class GenerationStore:
-    def __init__(self, cache: ModelCache, stats: GenerationStats | None = None) -> None:
+    def __init__(
+        self, cache: ModelCache, stats: GenerationStats | None = None, mirror: BucketMirror | None = None
+    ) -> None:
         self.cache = cache
-        self.stats = stats or GenerationStats()
+        self.stats = stats or (mirror.stats if mirror is not None else GenerationStats())
+        self.mirror = mirror
 
     @staticmethod
     def key(digest: str) -> CacheKey:
-        return CacheKey.for_source(f"podkit-gencache:{digest}", "1", SUFFIX)
+        return CacheKey.for_source(f"podkit-gencache:{digest}", "1", ENTRY_SUFFIX)
 
     def load(self, digest: str) -> tuple[list[Any], Any, int] | None:
-        """(outputs, ui, size in bytes) of the entry, or None when there is none."""
-        path = self.cache.lookup(self.key(digest))
+        """(outputs, ui, size in bytes) of the entry, or None when there is none (on the volume,
+        nor, with a mirror, in the bucket)."""
+        key = self.key(digest)
+        path = self.cache.lookup(key)
+        if path is None and self.mirror is not None:
+            path = self.mirror.fetch(digest, self.cache, key, verifier(digest))
         if path is None:
             return None
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-        outputs, ui = read_skeleton(metadata[METADATA_KEY], tensors)
+        outputs, ui = _read(path, digest)
         return list(outputs), ui, path.stat().st_size
 
     def prepare(self, outputs: Any, ui: Any) -> tuple[str, dict[str, Any]]:
@@ -56,19 +100,31 @@ class GenerationStore:
         return text, {f"t{i}": t.detach().to("cpu", copy=True).contiguous() for i, t in enumerate(tensors)}
 
     def write(self, digest: str, entry: tuple[str, dict[str, Any]]) -> int:
-        """Publish a prepared entry (once across processes, then the cap is kept); its size."""
+        """Publish a prepared entry (once across processes, then the cap is kept); its size. With a
+        mirror, an entry this call wrote is then queued for the bucket."""
         text, named = entry
+        wrote = False
 
         def write(tmp: Path) -> None:
+            nonlocal wrote
             from safetensors.torch import save_file
 
-            save_file(named, str(tmp), metadata={METADATA_KEY: text})
+            save_file(named, str(tmp), metadata={METADATA_KEY: text, DIGEST_KEY: digest})
+            wrote = True
 
-        path = self.cache.ensure(self.key(digest), write)
+        key = self.key(digest)
+        path = self.cache.ensure(key, write)
+        if wrote and self.mirror is not None:
+            self.mirror.upload_later(digest, self.cache, key)
         return path.stat().st_size if path.exists() else 0
 
     def save(self, digest: str, outputs: Any, ui: Any) -> int:
         return self.write(digest, self.prepare(outputs, ui))
+
+    def close(self) -> None:
+        """Stop the mirror's uploads: entries not uploaded yet stay on this volume only."""
+        if self.mirror is not None:
+            self.mirror.close()
 
 
 class FileIdentities:
@@ -110,4 +166,4 @@ class FileIdentities:
         return digest
 
 
-__all__ = ["FileIdentities", "GenerationStore", "Unsupported"]
+__all__ = ["BucketMirror", "FileIdentities", "GenerationStore", "Unsupported"]

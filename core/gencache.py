@@ -8,9 +8,12 @@ the cache key knows only their names: a pod with another file under the same nam
 pod's results.
 
 An entry is a safetensors file: the tensors, plus a JSON *skeleton* of the outputs in its metadata
-(lists, tuples, string-keyed dicts, numbers, strings, booleans, None; tensors by name). Nothing in
-it can execute code on load (no pickle). Anything else (a MODEL, a CLIP, a VAE object) is not
-cached.
+(lists, tuples, string-keyed dicts, numbers, strings, booleans, None; tensors by name) and the
+entry's own digest. Nothing in it can execute code on load (no pickle). Anything else (a MODEL, a
+CLIP, a VAE object) is not cached.
+
+Optionally the entries are mirrored under a bucket prefix (same digests, same files), so pods that
+do not share the volume share the cache through the bucket.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from typing import Any
 
 FORMAT = 1
 METADATA_KEY = "podkit.gencache"
+#: the entry's digest, inside the entry: a file copied under another entry's name is refused
+DIGEST_KEY = "podkit.gencache.digest"
+ENTRY_SUFFIX = ".safetensors"
 
 
 class Unsupported(ValueError):
@@ -34,6 +40,11 @@ class Unsupported(ValueError):
 def entry_digest(cache_key_hash: str, scope: str) -> str:
     """The entry's content address: ComfyUI's cache-key hash within a model scope."""
     return hashlib.sha256(f"podkit-gencache:v{FORMAT}\n{scope}\n{cache_key_hash}".encode()).hexdigest()
+
+
+def mirror_key(prefix: str, digest: str) -> str:
+    """The object key of an entry under a bucket prefix (fanned out like the local blobs)."""
+    return f"{prefix.strip('/')}/{digest[:2]}/{digest}{ENTRY_SUFFIX}"
 
 
 def model_scope(identities: Mapping[str, str]) -> str:
@@ -115,14 +126,25 @@ class _NodeCounts:
     skipped: int = 0
     bytes_served: int = 0
     bytes_stored: int = 0
+    #: microseconds the prompt waited: lookups that hit (reading the entry), lookups that missed,
+    #: and taking entries on the prompt thread (the store's only cost to the prompt)
+    hit_us: int = 0
+    miss_us: int = 0
+    store_us: int = 0
+
+
+#: what the bucket mirror counts: entries served from it, absent there, published to it, refused
+#: (a corrupt or foreign object: never served), and errors (bucket unreachable, an upload failed)
+BUCKET_COUNTS = ("bucket_hits", "bucket_misses", "bucket_uploads", "bucket_refused", "bucket_errors")
 
 
 @dataclass
 class GenerationStats:
-    """Hits, misses, stores and bytes per node type (thread-safe)."""
+    """Hits, misses, stores and bytes per node type, and the bucket mirror's counts (thread-safe)."""
 
     nodes: dict[str, _NodeCounts] = field(default_factory=dict)
     errors: int = 0
+    bucket: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BUCKET_COUNTS, 0))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count(self, class_type: str, **deltas: int) -> None:
@@ -135,11 +157,17 @@ class GenerationStats:
         with self._lock:
             self.errors += 1
 
+    def count_bucket(self, name: str) -> None:
+        """One more of a bucket count (a name of :data:`BUCKET_COUNTS`)."""
+        with self._lock:
+            self.bucket[name] += 1
+
     def totals(self) -> dict[str, int]:
         with self._lock:
-            keys = ("hits", "misses", "stores", "skipped", "bytes_served", "bytes_stored")
+            keys = tuple(_NodeCounts.__dataclass_fields__)
             return {k: sum(getattr(c, k) for c in self.nodes.values()) for k in keys} | {
-                "errors": self.errors
+                "errors": self.errors,
+                **self.bucket,
             }
 
     def to_wire(self) -> dict[str, object]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import ConfigError, InvalidRequest
+from .objects import ObjectRef, parse_object_uri
 from .pod_settings import ENV_DOCS as POD_ENV_DOCS
 from .pod_settings import PodSettings
 from .sizes import parse_size
@@ -75,6 +76,8 @@ ENV_VARS: Mapping[str, str] = {
     "PODKIT_GENERATION_CACHE": "1/0: share node outputs between pods and restarts through ComfyUI's cache "
     "provider API (ComfyUI 0.33+; default on when a network volume is present)",
     "PODKIT_GENERATION_CACHE_MAX_BYTES": "size cap of the generation cache, e.g. 20G (default 20G)",
+    "PODKIT_GENERATION_CACHE_BUCKET_PREFIX": "r2://bucket/prefix (or a prefix in R2_OUTPUT_BUCKET): also "
+    "keep generation cache entries there, for pods without the same volume (empty = off)",
     **POD_ENV_DOCS,
 }
 
@@ -112,6 +115,18 @@ def _base_url(env: Mapping[str, str], name: str, default: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise ConfigError(f"{name}={value!r} is not an http(s) base URL")
     return value.rstrip("/")
+
+
+def _mirror(env: Mapping[str, str]) -> ObjectRef | None:
+    """PODKIT_GENERATION_CACHE_BUCKET_PREFIX as (bucket, prefix without slashes), or None when off.
+    A bare prefix lies in the output bucket."""
+    text = env.get("PODKIT_GENERATION_CACHE_BUCKET_PREFIX", "").strip().strip("/")
+    if not text:
+        return None
+    try:
+        return parse_object_uri(text, _bucket(env, "R2_OUTPUT_BUCKET", "outputs"))
+    except InvalidRequest as e:
+        raise ConfigError(f"PODKIT_GENERATION_CACHE_BUCKET_PREFIX: {e}") from e
 
 
 def _bucket(env: Mapping[str, str], name: str, default: str) -> str:
@@ -161,6 +176,8 @@ class Settings:
     pod: PodSettings = field(default_factory=PodSettings)
     generation_cache: bool = False
     generation_cache_max_bytes: int = 20 * 2**30
+    #: where generation cache entries are mirrored (bucket, key prefix); None = volume only
+    generation_cache_mirror: ObjectRef | None = None
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     hf_token: str | None = field(default=None, repr=False)
@@ -309,6 +326,7 @@ class Settings:
             generation_cache_max_bytes=parse_size(
                 get("PODKIT_GENERATION_CACHE_MAX_BYTES") or "20G", name="PODKIT_GENERATION_CACHE_MAX_BYTES"
             ),
+            generation_cache_mirror=_mirror(env),
             access_key_id=get("R2_ACCESS_KEY_ID"),
             secret_access_key=get("R2_SECRET_ACCESS_KEY"),
             hf_token=get("HF_TOKEN"),
@@ -357,4 +375,7 @@ class Settings:
             "pod": self.pod.public_view(),
             "generation_cache": self.generation_cache,
             "generation_cache_max_bytes": self.generation_cache_max_bytes,
+            "generation_cache_mirror": (
+                self.generation_cache_mirror.uri if self.generation_cache_mirror else None
+            ),
         }

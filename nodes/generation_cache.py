@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +28,10 @@ MODEL_FOLDERS = (
     "checkpoints", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision", "controlnet",
     "upscale_models", "style_models", "embeddings", "hypernetworks", "gligen", "model_patches",
 )  # fmt: skip
+
+
+def _us_since(started: float) -> int:
+    return int((time.perf_counter() - started) * 1e6)
 
 
 def scope_of(graph: Mapping[str, Any], identities: FileIdentities) -> str:
@@ -68,8 +73,13 @@ def make_provider(store: GenerationStore, identities: FileIdentities, graph_of: 
             self.scope: str | None = None
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="podkit-gencache")
             self._pending: list[Future[None]] = []
+            # ComfyUI asks for every node when the prompt starts and again, for each one it then
+            # has to run, just before running it: a digest that missed is not looked up twice
+            # (with a bucket mirror, each look-up is a request)
+            self._missed: set[str] = set()
 
         def on_prompt_start(self, prompt_id: str) -> None:
+            self._missed.clear()
             graph = graph_of(prompt_id)
             try:
                 self.scope = scope_of(graph, identities) if graph is not None else None
@@ -97,11 +107,13 @@ def make_provider(store: GenerationStore, identities: FileIdentities, graph_of: 
 
         def _store_now(self, context: Any, value: Any, scope: str) -> None:
             digest = entry_digest(context.cache_key_hash, scope)
+            started = time.perf_counter()
             try:
                 entry = store.prepare(value.outputs, value.ui)
             except Unsupported:
-                store.stats.count(context.class_type, skipped=1)
+                store.stats.count(context.class_type, skipped=1, store_us=_us_since(started))
                 return
+            store.stats.count(context.class_type, store_us=_us_since(started))
 
             def write() -> None:
                 try:
@@ -119,6 +131,9 @@ def make_provider(store: GenerationStore, identities: FileIdentities, graph_of: 
             if scope is None:
                 return None
             digest = entry_digest(context.cache_key_hash, scope)
+            started = time.perf_counter()
+            if digest in self._missed:  # asked again before running it: the same miss, not counted
+                return None
             try:
                 found = await asyncio.to_thread(store.load, digest)
             except Exception as e:  # a damaged entry is a miss
@@ -126,10 +141,11 @@ def make_provider(store: GenerationStore, identities: FileIdentities, graph_of: 
                 logger.warning("generation cache: entry %s unreadable: %s", digest[:12], e)
                 found = None
             if found is None:
-                store.stats.count(context.class_type, misses=1)
+                self._missed.add(digest)
+                store.stats.count(context.class_type, misses=1, miss_us=_us_since(started))
                 return None
             outputs, ui, size = found
-            store.stats.count(context.class_type, hits=1, bytes_served=size)
+            store.stats.count(context.class_type, hits=1, bytes_served=size, hit_us=_us_since(started))
             return Caching.CacheValue(outputs=outputs, ui=ui)
 
         async def on_store(self, context: Any, value: Any) -> None:  # stores go through should_cache

@@ -21,6 +21,10 @@ GENERATION_GAUGES = (
     ("stores", "stored in the generation cache"),
     ("bytes_served", "bytes served from the generation cache"),
     ("bytes_stored", "bytes stored in the generation cache"),
+    ("bucket_hits", "fetched from the generation cache's bucket mirror"),
+    ("bucket_uploads", "uploaded to the generation cache's bucket mirror"),
+    ("bucket_refused", "refused from the bucket mirror (failed verification)"),
+    ("bucket_errors", "that met an error of the bucket mirror"),
 )
 
 

@@ -3,7 +3,8 @@ API), and its absence on 0.3.64, where everything else still works (checked on t
 so the older host starts no extra pods).
 
 Two servers share one cache folder. Each has its own LoRA folder holding a *different* file under the
-same name, so a result that depends on that name must never cross between them.
+same name, so a result that depends on that name must never cross between them. Both read LoRAs
+from a bucket on the test S3 server (Ceph radosgw), where the cache is also mirrored.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import io
 import itertools
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from support.make_tiny_models import CHECKPOINT, LORA_A, LORA_B
 from podkit.core.host import version_tuple
 
 SAME_NAME = "same_name.safetensors"
+BUCKET_LORA = "styles/retrained.safetensors"
 SEEDS = itertools.count(500)
 CAP = 1_500_000
 
@@ -34,8 +37,21 @@ def newer(install: Any) -> bool:
 
 
 @pytest.fixture(scope="module")
+def bucket(s3: Any) -> str:
+    """The pods' LoRA bucket; the generation cache is mirrored under its ``gencache/`` prefix."""
+    name = f"gencache-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="module")
 def pods(
-    comfy_server_factory: Any, comfy_install: Any, tiny_models: Path, tmp_path_factory: pytest.TempPathFactory
+    comfy_server_factory: Any,
+    comfy_install: Any,
+    tiny_models: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    s3_server: Any,
+    bucket: str,
 ) -> Iterator[tuple[Any, Any]]:
     shared = tmp_path_factory.mktemp("shared-volume")
     made = []
@@ -46,6 +62,13 @@ def pods(
             "PODKIT_VOLUME_DIR": str(shared),
             "PODKIT_CACHE_DIR": str(shared / "cache"),
             "PODKIT_GENERATION_CACHE_MAX_BYTES": str(CAP),
+            "PODKIT_S3_ENDPOINT": s3_server.endpoint_url,
+            "PODKIT_S3_REGION": s3_server.region,
+            "R2_ACCESS_KEY_ID": s3_server.access_key,
+            "R2_SECRET_ACCESS_KEY": s3_server.secret_key,
+            "R2_LORA_BUCKET": bucket,
+            "PODKIT_GENERATION_CACHE_BUCKET_PREFIX": f"r2://{bucket}/gencache",
+            "PODKIT_ETAG_TTL": "0",  # a LoRA overwritten in the bucket is seen by the next prompt
         }
         made.append(comfy_server_factory(name=name, env=env, extra_model_paths={"loras": [loras]}))
     for srv in made:
@@ -81,6 +104,10 @@ def wait_for_stores(server: Any, expected: dict[str, int], timeout: float = 30) 
         time.sleep(0.1)
 
 
+def stores_of(server: Any, node: str) -> int:
+    return int(generation(server)["nodes"].get(node, {}).get("stores", 0))
+
+
 def the_pods(request: pytest.FixtureRequest, comfy_install: Any, comfy_server: Any) -> tuple[Any, Any] | None:
     """The two pods on a host with the cache-provider API; on an older host None, after checking
     that PodKit says why there is no generation cache and still generates (on the shared server)."""
@@ -109,6 +136,7 @@ def test_a_second_pod_serves_the_first_pods_prompt(
     assert a.client.get_json("/podkit/status")["host"]["features"]["cache_provider"]["used"] is True
     stored = wait_for_stores(a, {"KSampler": 1, "VAEDecode": 1})
     assert "SaveImage" not in stored and stored["CheckpointLoaderSimple"]["skipped"] == 1
+    assert stored["KSampler"]["misses"] == 1  # ComfyUI asks twice (prompt start, before running)
     second = run_ok(b, wf.txt2img(CHECKPOINT, seed=5, steps=2))
     # no sampling on the second pod: ComfyUI reports the nodes as cached, the image is the same
     assert {wf.Ids.SAMPLER, wf.Ids.DECODE, wf.Ids.POSITIVE} <= set(second.cached_nodes()), (
@@ -155,3 +183,41 @@ def test_the_cache_survives_a_restart_and_keeps_to_its_cap(
         run_ok(a, wf.txt2img(CHECKPOINT, seed=seed, steps=1, positive=f"prompt {seed}"))
     stats = generation(a)
     assert 0 < stats["bytes"] <= CAP, stats
+
+
+def test_overwriting_the_lora_object_invalidates_its_results(
+    request: pytest.FixtureRequest, comfy_install: Any, comfy_server: Any, s3: Any, tiny_models: Path
+) -> None:
+    pods = the_pods(request, comfy_install, comfy_server)
+    if pods is None:
+        return
+    a, b = pods
+    lora_bucket = request.getfixturevalue("bucket")
+    s3.upload_file(str(tiny_models / "loras" / LORA_A), lora_bucket, BUCKET_LORA)
+    spec = ("PodKitR2LoraLoader", {"lora_name": BUCKET_LORA, "strength_model": 1.0, "strength_clip": 1.0})
+    prompt = wf.txt2img(CHECKPOINT, seed=11, steps=2, lora_node=spec)
+    stored = stores_of(a, "KSampler")
+    first = run_ok(a, prompt)
+    assert wf.Ids.SAMPLER in first.executed_nodes()
+    wait_for_stores(a, {"KSampler": stored + 1})
+    served = run_ok(b, prompt)  # the entry exists and serves the unchanged LoRA's prompt
+    assert wf.Ids.SAMPLER in served.cached_nodes() and wf.Ids.SAMPLER not in served.executed_nodes()
+    assert np.array_equal(pixels(first), pixels(served))
+
+    # Retrained: other weights under the same key (a new ETag, the loader's fingerprint)
+    s3.upload_file(str(tiny_models / "loras" / LORA_B), lora_bucket, BUCKET_LORA)
+    stored = stores_of(b, "KSampler")
+    again = run_ok(b, prompt)
+    assert wf.Ids.SAMPLER in again.executed_nodes() and wf.Ids.SAMPLER not in again.cached_nodes()
+    assert not np.array_equal(pixels(first), pixels(again))
+    # and the retrained LoRA's result is what the first pod now gets from the cache
+    wait_for_stores(b, {"KSampler": stored + 1})
+    retrained = run_ok(a, prompt)
+    assert wf.Ids.SAMPLER in retrained.cached_nodes() and wf.Ids.SAMPLER not in retrained.executed_nodes()
+    assert np.array_equal(pixels(again), pixels(retrained))
+    # the pods' entries also reached the bucket mirror (uploaded after the prompts, in the background)
+    deadline = time.monotonic() + 60
+    while generation(a)["totals"]["bucket_uploads"] == 0:
+        assert time.monotonic() < deadline, generation(a)["totals"]
+        time.sleep(0.2)
+    assert generation(a)["totals"]["bucket_errors"] == 0

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import pytest
 
+from podkit.core.errors import ConfigError
 from podkit.core.gencache import (
     GenerationStats,
     Unsupported,
     decode,
     encode,
     entry_digest,
+    mirror_key,
     model_scope,
     read_skeleton,
     skeleton_text,
 )
+from podkit.core.objects import ObjectRef
+from podkit.core.settings import Settings
 
 
 class FakeTensor:
@@ -61,6 +65,43 @@ def test_stats_per_node_type() -> None:
     stats = GenerationStats()
     stats.count("KSampler", hits=1, bytes_served=10)
     stats.count("KSampler", misses=1)
-    stats.count("VAEDecode", stores=1, bytes_stored=5)
+    stats.count("VAEDecode", stores=1, bytes_stored=5, store_us=300)
+    stats.count("KSampler", store_us=200)
     wire = stats.to_wire()
     assert wire["nodes"]["KSampler"]["hits"] == 1 and wire["totals"]["bytes_stored"] == 5
+    assert wire["totals"]["store_us"] == 500  # what taking entries cost the prompt thread, summed
+
+
+def test_bucket_counts_join_the_totals() -> None:
+    stats = GenerationStats()
+    stats.count_bucket("bucket_hits")
+    stats.count_bucket("bucket_refused")
+    totals = stats.to_wire()["totals"]
+    assert totals["bucket_hits"] == 1 and totals["bucket_refused"] == 1 and totals["bucket_uploads"] == 0
+
+
+def test_mirror_keys_fan_out_like_the_volume() -> None:
+    digest = entry_digest("k" * 64, model_scope({}))
+    assert mirror_key("/pods/gencache/", digest) == f"pods/gencache/{digest[:2]}/{digest}.safetensors"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", None),
+        ("r2://shared-cache/gen/", ObjectRef("shared-cache", "gen")),
+        ("s3://shared-cache/a/b", ObjectRef("shared-cache", "a/b")),
+        ("gencache", ObjectRef("out-bucket", "gencache")),  # a bare prefix: the output bucket
+    ],
+)
+def test_the_bucket_prefix_setting(value: str, expected: ObjectRef | None) -> None:
+    env = {"PODKIT_GENERATION_CACHE_BUCKET_PREFIX": value, "R2_OUTPUT_BUCKET": "out-bucket"}
+    settings = Settings.from_env(env)
+    assert settings.generation_cache_mirror == expected
+    assert settings.public_view()["generation_cache_mirror"] == (expected.uri if expected else None)
+
+
+@pytest.mark.parametrize("value", ["r2://shared-cache", "ftp://b/x", "r2://Bad_Bucket/x", "a/../b"])
+def test_a_bad_bucket_prefix_is_a_config_error(value: str) -> None:
+    with pytest.raises(ConfigError, match="PODKIT_GENERATION_CACHE_BUCKET_PREFIX"):
+        Settings.from_env({"PODKIT_GENERATION_CACHE_BUCKET_PREFIX": value})
