@@ -25,8 +25,9 @@ from ..core.errors import (
     PodKitError,
     TransferFailed,
 )
+from ..core.fsutil import sha256_file
 from ..core.gencache import GenerationStats, mirror_key
-from ..core.model_cache import CacheKey, ModelCache, sha256_file
+from ..core.model_cache import CacheKey, ModelCache
 from ..core.objects import ObjectMeta, ObjectRef, ObjectStore
 
 logger = logging.getLogger(__name__)
