@@ -22,14 +22,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..core.events import Notifier
-from ..core.metrics import (
-    GenerationRecord,
-    MetricsCounters,
-    NodeTiming,
-    PromptRecorder,
-    build_report,
-    with_resources,
-)
+from ..core.metrics import GenerationRecord, NodeTiming, PromptRecorder, with_resources
+from ..core.metrics_report import build_report
+from ..core.prometheus import MetricsCounters
 from ..core.speed import MAX_SAMPLES, Evaluations, SpeedModel, SpeedSample, evaluations_by_name, speed_samples
 from .state_db import StateDB
 

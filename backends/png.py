@@ -22,6 +22,9 @@ fraction of that time:
 Text metadata (ComfyUI's ``prompt`` and ``workflow`` JSON) is written exactly like Pillow's
 ``PngInfo.add_text``: an uncompressed ``tEXt`` chunk when the value is latin-1 encodable, else an
 uncompressed ``iTXt`` chunk, placed right after ``IHDR`` like Pillow does.
+
+The row filters are in :mod:`podkit.backends.png_filters` and the metadata reader
+(:func:`~podkit.backends.png_read.read_png_text`) in :mod:`podkit.backends.png_read`.
 """
 
 from __future__ import annotations
@@ -36,13 +39,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, NamedTuple
 
 import numpy as np
-import numpy.typing as npt
+
+from .png_filters import _filtered, _U8Array
 
 __all__ = [
     "PngFilter",
     "PngStrategy",
     "encode_png",
-    "read_png_text",
     "to_uint8",
 ]
 
@@ -52,15 +55,12 @@ PngFilter = Literal["adaptive", "none", "sub", "up", "average", "paeth"]
 PngStrategy = Literal["auto", "default", "filtered", "rle", "huffman"]
 """Deflate strategy: ``auto`` picks ``rle`` or ``default`` (LZ77) per band by trial; see the module doc."""
 
-_U8Array = npt.NDArray[np.uint8]
-
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _WINDOW = 32 * 1024  # deflate window: how much of the previous band primes the next one
 _MAX_THREADS = 8
 _PARALLEL_MIN_BYTES = 256 * 1024  # filtered streams smaller than this are encoded on the calling thread
 _MIN_PIECE_BYTES = 128 * 1024  # never cut the stream into bands smaller than this
 _PIECES_PER_THREAD = 1  # more bands than threads only adds sampling and priming work
-_SCORE_STEP = 5  # adaptive filter: score rows on every 5th byte
 _STEP_BYTES = 384 * 1024  # filter and compress a band in steps of about this many bytes (cache-sized)
 _SAMPLE_COUNT = 3  # auto strategy: row samples per band ...
 _SAMPLE_BYTES = 8 * 1024  # ... of at least this many bytes each ...
@@ -69,7 +69,6 @@ _RLE_MARGIN = 0.95  # ... and RLE is used only when the samples come out clearly
 _FAST_LZ_RATIO = 0.35  # ... and LZ77 drops to level 1 when the samples shrink less than ~3:1
 _CONVERT_STEP = 128 * 1024  # to_uint8: float32 elements converted per step
 _MAX_CHUNK = 0x7FFFFFFF  # PNG chunk length limit (2**31 - 1)
-_MAX_TEXT_BYTES = 64 * 1024 * 1024  # read_png_text: refuse more decoded text than this
 
 _FILTER_IDS: dict[str, int] = {"adaptive": -1, "none": 0, "sub": 1, "up": 2, "average": 3, "paeth": 4}
 _STRATEGY_IDS: dict[str, int] = {
@@ -397,169 +396,3 @@ def _forget_pool() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
-
-
-# ------------------------------------------------------------------------------------------------
-# filters
-
-
-def _filtered(rows: _U8Array, start: int, stop: int, bpp: int, filter_id: int) -> memoryview:
-    """:func:`_filter_band` as a flat byte buffer, ready for zlib."""
-    return _filter_band(rows, start, stop, bpp, filter_id).reshape(-1).data
-
-
-def _filter_band(rows: _U8Array, start: int, stop: int, bpp: int, filter_id: int) -> _U8Array:
-    """Return rows ``start:stop`` filtered, each prefixed by its filter-type byte."""
-    out = np.empty((stop - start, rows.shape[1] + 1), dtype=np.uint8)
-    if start == 0:
-        _filter_rows(rows[0:1], np.zeros_like(rows[0:1]), out[0:1], bpp, filter_id)
-        if stop > 1:
-            _filter_rows(rows[1:stop], rows[0 : stop - 1], out[1:], bpp, filter_id)
-    else:
-        _filter_rows(rows[start:stop], rows[start - 1 : stop - 1], out, bpp, filter_id)
-    return out
-
-
-def _filter_rows(cur: _U8Array, up: _U8Array, out: _U8Array, bpp: int, filter_id: int) -> None:
-    """Filter ``cur`` (rows) given ``up`` (the row above each) into ``out`` (type byte + residuals)."""
-    if filter_id >= 0:
-        out[:, 0] = filter_id
-        _apply_filter(cur, up, out[:, 1:], bpp, filter_id)
-        return
-    # Adaptive: compute all four cheap filters and keep, per row, the one with the smallest sum of
-    # |residual| taken as signed bytes (libpng's heuristic; Paeth is left out as too slow in numpy).
-    # The sums run over every 5th byte (coprime with every pixel size, so all channels count): a
-    # third cheaper, and the files come out within 0.3% of full sums.
-    count, stride = cur.shape
-    candidates = np.empty((4, count, stride + 1), dtype=np.uint8)
-    magnitude = np.empty((count, len(range(0, stride, _SCORE_STEP))), dtype=np.uint8)
-    scores = np.empty((4, count), dtype=np.uint64 if stride >= 1 << 24 else np.uint32)
-    for fid in range(4):
-        candidate = candidates[fid]
-        candidate[:, 0] = fid
-        _apply_filter(cur, up, candidate[:, 1:], bpp, fid)
-        # abs(int8(-128)) wraps to -128, which reads back as 128 through the uint8 view.
-        np.abs(candidate[:, 1::_SCORE_STEP].view(np.int8), out=magnitude.view(np.int8))
-        np.sum(magnitude, axis=1, dtype=scores.dtype, out=scores[fid])
-    chosen = scores.argmin(axis=0) * count + np.arange(count)
-    np.take(candidates.reshape(4 * count, stride + 1), chosen, axis=0, out=out, mode="clip")
-
-
-def _apply_filter(cur: _U8Array, up: _U8Array, out: _U8Array, bpp: int, filter_id: int) -> None:
-    """Write the residuals of one PNG filter type for rows ``cur`` into ``out`` (uint8 wrap-around)."""
-    if filter_id == 0:
-        out[...] = cur
-    elif filter_id == 1:
-        out[:, :bpp] = cur[:, :bpp]
-        np.subtract(cur[:, bpp:], cur[:, :-bpp], out=out[:, bpp:])
-    elif filter_id == 2:
-        np.subtract(cur, up, out=out)
-    elif filter_id == 3:
-        np.subtract(cur[:, :bpp], up[:, :bpp] >> 1, out=out[:, :bpp])
-        left, above = cur[:, :-bpp], up[:, bpp:]
-        # floor((a + b) / 2) without widening: (a & b) + ((a ^ b) >> 1).
-        mean = np.bitwise_xor(left, above)
-        np.right_shift(mean, 1, out=mean)
-        mean += np.bitwise_and(left, above)
-        np.subtract(cur[:, bpp:], mean, out=out[:, bpp:])
-    else:
-        np.subtract(cur[:, :bpp], up[:, :bpp], out=out[:, :bpp])  # a = c = 0 there: Paeth predicts b
-        a = cur[:, :-bpp].astype(np.int16)
-        b = up[:, bpp:].astype(np.int16)
-        c = up[:, :-bpp].astype(np.int16)
-        pa = np.abs(b - c)  # |p - a| with p = a + b - c
-        pb = np.abs(a - c)  # |p - b|
-        pc = np.abs(a + b - 2 * c)  # |p - c|
-        predicted = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c)).astype(np.uint8)
-        np.subtract(cur[:, bpp:], predicted, out=out[:, bpp:])
-
-
-# ------------------------------------------------------------------------------------------------
-# reader
-
-
-def read_png_text(data: bytes) -> dict[str, str]:
-    """Return the text metadata (``tEXt``, ``zTXt`` and ``iTXt`` chunks) of a PNG file.
-
-    Every chunk's CRC is verified. Later chunks win over earlier ones with the same key, as in Pillow.
-
-    Args:
-        data: The complete PNG file.
-
-    Returns:
-        A dict from keyword to text, in file order.
-
-    Raises:
-        ValueError: If ``data`` is not a well-formed PNG (bad signature, truncated or corrupt chunk,
-            bad CRC, missing IEND, undecodable text chunk) or holds more than 64 MiB of text.
-    """
-    view = memoryview(data)
-    if bytes(view[:8]) != _SIGNATURE:
-        raise ValueError("not a PNG file: bad signature")
-    texts: dict[str, str] = {}
-    total = 0
-    pos = 8
-    first = True
-    while True:
-        if pos + 12 > len(view):
-            raise ValueError(f"truncated PNG: chunk header expected at offset {pos} (no IEND)")
-        length, kind = struct.unpack_from(">I4s", view, pos)
-        if length > _MAX_CHUNK or not kind.isalpha():
-            raise ValueError(f"corrupt PNG chunk header at offset {pos}")
-        end = pos + 8 + length
-        if end + 4 > len(view):
-            raise ValueError(f"truncated PNG: {kind.decode('ascii')} chunk at offset {pos} runs past the end")
-        body = view[pos + 8 : end]
-        (crc,) = struct.unpack_from(">I", view, end)
-        if zlib.crc32(body, zlib.crc32(kind)) != crc:
-            raise ValueError(f"CRC mismatch in {kind.decode('ascii')} chunk at offset {pos}")
-        if first and kind != b"IHDR":
-            raise ValueError("malformed PNG: first chunk is not IHDR")
-        first = False
-        if kind == b"IEND":
-            return texts
-        if kind in (b"tEXt", b"zTXt", b"iTXt"):
-            key, value = _parse_text_chunk(kind, bytes(body), _MAX_TEXT_BYTES - total)
-            total += len(value)
-            if total > _MAX_TEXT_BYTES:
-                raise ValueError(f"PNG text exceeds {_MAX_TEXT_BYTES} bytes")
-            texts[key] = value
-        pos = end + 4
-
-
-def _parse_text_chunk(kind: bytes, body: bytes, budget: int) -> tuple[str, str]:
-    name = kind.decode("ascii")
-    keyword, sep, rest = body.partition(b"\0")
-    if not sep or not 1 <= len(keyword) <= 79:
-        raise ValueError(f"malformed {name} chunk: missing or bad keyword")
-    key = keyword.decode("latin-1")
-    if kind == b"tEXt":
-        return key, rest.decode("latin-1")
-    if kind == b"zTXt":
-        if rest[:1] != b"\0":
-            raise ValueError(f"malformed zTXt chunk {key!r}: unknown compression method")
-        return key, _inflate(rest[1:], budget, key).decode("latin-1")
-    if len(rest) < 2 or rest[1] != 0 or rest[0] not in (0, 1):
-        raise ValueError(f"malformed iTXt chunk {key!r}: bad compression flag or method")
-    compressed = rest[0] == 1
-    parts = rest[2:].split(b"\0", 2)
-    if len(parts) != 3:
-        raise ValueError(f"malformed iTXt chunk {key!r}: missing language or translated keyword")
-    raw = _inflate(parts[2], budget, key) if compressed else parts[2]
-    try:
-        return key, raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"malformed iTXt chunk {key!r}: text is not UTF-8") from exc
-
-
-def _inflate(data: bytes, budget: int, key: str) -> bytes:
-    decompressor = zlib.decompressobj()
-    try:
-        out = decompressor.decompress(data, max(budget, 0) + 1)
-    except zlib.error as exc:
-        raise ValueError(f"corrupt compressed text in chunk {key!r}: {exc}") from exc
-    if len(out) > budget or decompressor.unconsumed_tail:
-        raise ValueError(f"PNG text exceeds {_MAX_TEXT_BYTES} bytes")
-    if not decompressor.eof:
-        raise ValueError(f"truncated compressed text in chunk {key!r}")
-    return out

@@ -392,7 +392,7 @@ def resume_run(
     nginx: Nginx, runs: Path, size: int, sha: str, connections: int, capped: bool
 ) -> dict[str, Any]:
     """kill -9 a PodKit download at ~50 % (child process), resume it here, count bytes sent twice."""
-    from podkit.backends.http_download import partial_progress
+    from podkit.backends.http_partial import partial_progress
     from podkit.core.download_plan import PieceMap
 
     d = runs / "resume"

@@ -23,7 +23,6 @@ also checks that all the files decode to the same pixels and carry the same text
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import os
@@ -31,24 +30,21 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def load_png_module() -> ModuleType:
-    """Import ``backends/png.py`` by path (it has no package-relative imports)."""
-    spec = importlib.util.spec_from_file_location("podkit_png_bench", ROOT / "backends" / "png.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """Import ``backends/png.py`` through the package (it imports its filters from ``png_filters.py``)."""
+    import _bootstrap
+
+    _bootstrap.register_package()
+    from podkit.backends import png
+
+    return png
 
 
 def natural_image(size: int, seed: int = 0) -> np.ndarray:

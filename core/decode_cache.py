@@ -20,7 +20,8 @@ from typing import Generic, TypeVar
 
 from .errors import InvalidRequest, PodKitError
 from .lru import ByteLRU
-from .model_cache import CacheKey, ModelCache
+from .model_cache import ModelCache
+from .model_cache_types import CacheKey
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CorruptFile, InvalidRequest, ObjectChanged, PodKitError
-from .model_cache import CacheKey, ModelCache
+from .model_cache import ModelCache
+from .model_cache_types import CacheKey
 from .objects import ObjectMeta, ObjectRef, ObjectStore, ProgressFn, parse_object_uri
 from .safetensors_info import SafetensorsInfo, read_safetensors_info
 

@@ -1,19 +1,18 @@
-"""Generation records from ComfyUI's execution events, and what is computed from them.
+"""Generation records from ComfyUI's execution events: the record types and the recorder.
 
 :class:`PromptRecorder` turns the event sequence of one prompt (``execution_start``,
 ``execution_cached``, ``executing``, ``executed``, ``execution_success`` / ``_error`` /
 ``_interrupted``) into a :class:`GenerationRecord`; it knows nothing of the host, so tests feed it
-recorded sequences. The rest is pure aggregation: percentiles, the report (slowest nodes, cache
-hit rate, bottleneck classification with recommendations) and the Prometheus text exposition.
+recorded sequences. :func:`with_resources` attaches a prompt's resource peaks to its record. What
+is computed from records lives apart: the report and bottleneck classification in
+:mod:`podkit.core.metrics_report`, the Prometheus counters in :mod:`podkit.core.prometheus`.
 """
 
 from __future__ import annotations
 
-import math
-import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -317,255 +316,11 @@ class PromptRecorder:
         )
 
 
-# ------------------------------------------------------------------------------------------------
-# aggregation
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The ``q``-th percentile (0..100) with linear interpolation (numpy's default); None if empty."""
-    if not values:
-        return None
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
-@dataclass(frozen=True)
-class Bottleneck:
-    kind: str  # vram | compute | io
-    detail: str
-    share: float  # how strongly (fraction of wall time, or of prompts for VRAM)
-    hints: tuple[str, ...]
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "detail": self.detail,
-            "share": round(self.share, 3),
-            "hints": list(self.hints),
-        }
-
-
-VRAM_HIGH = 0.9  # a peak above this fraction of the GPU's memory is VRAM-bound
-IO_SHARE = 0.3  # model loading above this share of wall time is I/O-bound
-SAMPLER_SHARE = 0.5
-DECODE_SHARE = 0.25
-_OOM = re.compile(r"out ?of ?memory|\bOOM\b", re.IGNORECASE)
-
-HINT_DRAFT = "use the Draft tier (or tier auto with a time budget) for iterations"
-HINT_TILED = (
-    "enable tiled decode (PodKit Cached Tiled VAE Decode): less VRAM, and repeated decodes hit its cache"
-)
-HINT_SMALLER = "lower the resolution or the batch size"
-HINT_IO = (
-    "keep models on fast local disk in PodKit's shared cache and avoid switching checkpoints between prompts"
-)
-
-
-def classify(records: Sequence[GenerationRecord]) -> list[Bottleneck]:
-    """VRAM-, compute- and I/O-bound findings for ``records``, strongest first."""
-    found: list[Bottleneck] = []
-    if not records:
-        return found
-    ooms = [r for r in records if r.status == "error" and r.error and _OOM.search(r.error)]
-    high = [r for r in records if r.vram_peak and r.vram_total and r.vram_peak >= VRAM_HIGH * r.vram_total]
-    if ooms or high:
-        parts = []
-        if ooms:
-            parts.append(f"{len(ooms)} prompt(s) failed out of GPU memory")
-        if high:
-            parts.append(f"{len(high)} prompt(s) peaked above {VRAM_HIGH:.0%} of GPU memory")
-        share = (len(ooms) + len(high)) / len(records)
-        # an out-of-memory failure outranks any time share
-        found.append(
-            Bottleneck("vram", "; ".join(parts), 1.0 + share if ooms else share, (HINT_TILED, HINT_SMALLER))
-        )
-    ok = [r for r in records if r.status == "success"]
-    wall = sum(r.wall_s for r in ok)
-    if wall > 0:
-        load = sum(r.seconds_of("load") for r in ok) / wall
-        sampling = sum(r.seconds_of("sampler") for r in ok) / wall
-        decode = sum(r.seconds_of("decode") for r in ok) / wall
-        if load >= IO_SHARE:
-            found.append(Bottleneck("io", f"model loading took {load:.0%} of wall time", load, (HINT_IO,)))
-        if sampling >= SAMPLER_SHARE:
-            found.append(
-                Bottleneck("compute", f"sampling took {sampling:.0%} of wall time", sampling, (HINT_DRAFT,))
-            )
-        if decode >= DECODE_SHARE:
-            found.append(
-                Bottleneck("compute", f"VAE decode took {decode:.0%} of wall time", decode, (HINT_TILED,))
-            )
-    found.sort(key=lambda b: -b.share)
-    return found
-
-
-def build_report(records: Sequence[GenerationRecord], hours: float, *, recent: int = 50) -> dict[str, Any]:
-    """The ``/podkit/metrics/report`` answer for ``records`` (newest first) of the last ``hours``."""
-    ok = [r for r in records if r.status == "success"]
-    walls = [r.wall_s for r in ok]
-    cached = sum(r.cached_count for r in records)
-    total_nodes = sum(len(r.nodes) for r in records)
-    per_class: dict[str, list[float]] = {}
-    for r in records:
-        for n in r.nodes:
-            if not n.cached:
-                per_class.setdefault(n.class_type, []).append(n.seconds)
-    slowest = sorted(
-        (
-            {"class_type": c, "mean_s": round(sum(v) / len(v), 4), "max_s": round(max(v), 4), "count": len(v)}
-            for c, v in per_class.items()
-        ),
-        key=lambda d: -float(d["mean_s"]),  # type: ignore[arg-type]
-    )[:10]
-    found = classify(records)
-    recommendations: list[str] = []
-    for b in found:
-        recommendations += [h for h in b.hints if h not in recommendations]
-    errors = [abs(e) for r in ok if (e := r.prediction_error_pct) is not None]
-    mean = sum(walls) / len(walls) if walls else None
-    return {
-        "hours": hours,
-        "count": len(records),
-        "succeeded": len(ok),
-        "failed": sum(1 for r in records if r.status == "error"),
-        "interrupted": sum(1 for r in records if r.status == "interrupted"),
-        "mean_s": None if mean is None else round(mean, 4),
-        "p50_s": _round(percentile(walls, 50)),
-        "p95_s": _round(percentile(walls, 95)),
-        "cache_hit_rate": round(cached / total_nodes, 4) if total_nodes else None,
-        "slowest_nodes": slowest,
-        "bottlenecks": [{"kind": b.kind, "detail": b.detail} for b in found],
-        "bottleneck": found[0].to_wire()
-        if found
-        else {"kind": "none", "detail": "", "share": 0.0, "hints": []},
-        "recommendations": recommendations,
-        "prediction": {
-            "count": len(errors),
-            "mean_abs_error_pct": round(sum(errors) / len(errors), 1) if errors else None,
-        },
-        "recent": [r.to_wire() for r in records[:recent]],
-    }
-
-
-def _round(v: float | None) -> float | None:
-    return None if v is None else round(v, 4)
-
-
-# ------------------------------------------------------------------------------------------------
-# Prometheus text exposition (format 0.0.4)
-
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-WALL_BUCKETS: tuple[float, ...] = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _fmt(v: float) -> str:
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v)) if not float(v).is_integer() else str(int(v))
-
-
-class MetricsCounters:
-    """Process-lifetime counters fed one record at a time (Prometheus counters reset on restart)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.generations: dict[str, int] = {}
-        self.wall_buckets = [0] * (len(WALL_BUCKETS) + 1)
-        self.wall_sum = 0.0
-        self.node_seconds: dict[str, float] = {}
-        self.node_runs: dict[str, int] = {}
-        self.cached_nodes = 0
-        self.executed_nodes = 0
-        self.last: GenerationRecord | None = None
-
-    def add(self, record: GenerationRecord) -> None:
-        with self._lock:
-            self.generations[record.status] = self.generations.get(record.status, 0) + 1
-            if record.status == "success":
-                i = next((i for i, b in enumerate(WALL_BUCKETS) if record.wall_s <= b), len(WALL_BUCKETS))
-                self.wall_buckets[i] += 1
-                self.wall_sum += record.wall_s
-            for n in record.nodes:
-                if n.cached:
-                    self.cached_nodes += 1
-                    continue
-                self.executed_nodes += 1
-                self.node_seconds[n.class_type] = self.node_seconds.get(n.class_type, 0.0) + n.seconds
-                self.node_runs[n.class_type] = self.node_runs.get(n.class_type, 0) + 1
-            self.last = record
-
-    def render(self, extra_gauges: Mapping[str, tuple[str, float | None]] = MappingProxyType({})) -> str:
-        """The exposition text; ``extra_gauges``: name → (help, value) (None values are left out)."""
-        lines: list[str] = []
-
-        def header(name: str, kind: str, text: str) -> None:
-            lines.append(f"# HELP {name} {text}")
-            lines.append(f"# TYPE {name} {kind}")
-
-        with self._lock:
-            header(
-                "podkit_generations_total",
-                "counter",
-                "Prompts finished since this process started, by status.",
-            )
-            for status in ("success", "error", "interrupted"):
-                lines.append(
-                    f'podkit_generations_total{{status="{status}"}} {self.generations.get(status, 0)}'
-                )
-            header("podkit_generation_seconds", "histogram", "Wall time of successful prompts.")
-            cumulative = 0
-            for bound, n in zip((*WALL_BUCKETS, math.inf), self.wall_buckets, strict=True):
-                cumulative += n
-                lines.append(f'podkit_generation_seconds_bucket{{le="{_fmt(bound)}"}} {cumulative}')
-            lines.append(f"podkit_generation_seconds_sum {_fmt(self.wall_sum)}")
-            lines.append(f"podkit_generation_seconds_count {cumulative}")
-            header("podkit_node_seconds_total", "counter", "Seconds spent executing nodes, by node class.")
-            for c in sorted(self.node_seconds):
-                lines.append(
-                    f'podkit_node_seconds_total{{class_type="{_escape(c)}"}} {_fmt(self.node_seconds[c])}'
-                )
-            header("podkit_node_runs_total", "counter", "Node executions (not cached), by node class.")
-            for c in sorted(self.node_runs):
-                lines.append(f'podkit_node_runs_total{{class_type="{_escape(c)}"}} {self.node_runs[c]}')
-            header("podkit_nodes_cached_total", "counter", "Nodes served from ComfyUI's execution cache.")
-            lines.append(f"podkit_nodes_cached_total {self.cached_nodes}")
-            header("podkit_nodes_executed_total", "counter", "Nodes executed.")
-            lines.append(f"podkit_nodes_executed_total {self.executed_nodes}")
-            last = self.last
-            gauges: dict[str, tuple[str, float | None]] = {
-                "podkit_last_generation_seconds": (
-                    "Wall time of the last prompt.",
-                    last.wall_s if last else None,
-                ),
-                "podkit_last_vram_peak_bytes": (
-                    "Peak GPU memory allocated during the last prompt.",
-                    last.vram_peak if last else None,
-                ),
-                "podkit_last_ram_peak_bytes": (
-                    "Peak RSS of the process during the last prompt.",
-                    last.ram_peak if last else None,
-                ),
-                "podkit_last_prediction_error_pct": (
-                    "Predicted minus actual wall time of the last preset prompt, percent of actual.",
-                    last.prediction_error_pct if last else None,
-                ),
-            }
-        gauges.update(extra_gauges)
-        for name, (text, value) in gauges.items():
-            if value is None:
-                continue
-            header(name, "gauge", text)
-            lines.append(f"{name} {_fmt(value)}")
-        return "\n".join(lines) + "\n"
-
-
 def with_resources(
     record: GenerationRecord, *, vram_peak: int | None, vram_total: int | None, ram_peak: int | None
 ) -> GenerationRecord:
     return replace(record, vram_peak=vram_peak, vram_total=vram_total, ram_peak=ram_peak)
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)

@@ -11,13 +11,13 @@ Layout (all under ``root``)::
 sha256 itself when a source publishes one, so several ComfyUI processes on several pods sharing the
 volume fetch each object once. Publishing is: unique temp file → fsync → verify size/sha256 →
 ``os.replace``. Size is capped: least-recently-used entries that are neither leased nor pinned are
-evicted, and an eviction is a plan that can be shown before it runs.
+evicted, and an eviction is a plan that can be shown before it runs. The key, entry, stats and plan
+values are in :mod:`podkit.core.model_cache_types`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -26,12 +26,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CorruptFile, InsufficientStorage, InvalidRequest
 from .fsutil import fsync_dir, sha256_file
 from .locks import HOSTNAME, FileLock, holder_is_dead, pid_alive
+from .model_cache_types import CacheEntry, CacheStats, EvictionPlan
+
+# Re-exported: backends/gencache_store.py imports CacheKey from here.
+from .model_cache_types import CacheKey as CacheKey
 
 logger = logging.getLogger(__name__)
 
@@ -40,99 +44,6 @@ FREE_SPACE_RESERVE = 256 * 2**20
 #: Seconds between refreshes of an entry's last-use time (the LRU's resolution).
 TOUCH_INTERVAL = 60.0
 _HOST_TAG = HOSTNAME.replace(".", "_") or "host"
-
-
-@dataclass(frozen=True)
-class CacheKey:
-    """The identity of one cache entry."""
-
-    digest: str
-    suffix: str = ""
-    source: str = ""
-    version: str = ""
-
-    @classmethod
-    def for_source(cls, source: str, version: str, suffix: str = "") -> CacheKey:
-        """Key for ``source`` (e.g. ``r2://bucket/key``) at ``version`` (its ETag)."""
-        if not source or not version:
-            raise InvalidRequest("a cache key needs a source and a version")
-        digest = hashlib.sha256(f"{source}\n{version}".encode()).hexdigest()
-        return cls(digest, _clean_suffix(suffix), source, version)
-
-    @classmethod
-    def for_sha256(cls, sha256: str, suffix: str = "", source: str = "") -> CacheKey:
-        """Key for content with a known sha256 (the same bytes from any source share it)."""
-        sha = sha256.lower()
-        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-            raise InvalidRequest(f"{sha256!r} is not a sha256 hex digest")
-        return cls(sha, _clean_suffix(suffix), source, f"sha256:{sha}")
-
-
-def _clean_suffix(suffix: str) -> str:
-    if not suffix:
-        return ""
-    if not suffix.startswith(".") or len(suffix) > 16 or not suffix[1:].isalnum():
-        raise InvalidRequest(f"invalid file suffix {suffix!r}")
-    return suffix.lower()
-
-
-@dataclass(frozen=True)
-class CacheEntry:
-    digest: str
-    path: Path
-    size: int
-    source: str
-    version: str
-    sha256: str | None
-    created: float
-    last_used: float
-    pinned: bool = False
-    in_use: bool = False
-
-    def to_wire(self) -> dict[str, object]:
-        d = asdict(self)
-        d["path"] = str(self.path)
-        return d
-
-
-@dataclass(frozen=True)
-class CacheStats:
-    entries: int
-    bytes_on_disk: int
-    max_bytes: int
-    hits: int
-    misses: int
-    waits: int
-    evictions: int
-    evicted_bytes: int
-    fetched_bytes: int
-    hit_rate: float | None
-    free_bytes: int | None
-
-
-@dataclass(frozen=True)
-class EvictionPlan:
-    """Entries an eviction would remove (least recently used first), and what it frees."""
-
-    entries: tuple[CacheEntry, ...]
-    freed_bytes: int
-    target_bytes: int
-    bytes_before: int
-    skipped_in_use: int = 0
-    skipped_pinned: int = 0
-
-    def to_wire(self) -> dict[str, object]:
-        return {
-            "entries": [
-                {"digest": e.digest, "source": e.source, "size": e.size, "last_used": e.last_used}
-                for e in self.entries
-            ],
-            "freed_bytes": self.freed_bytes,
-            "target_bytes": self.target_bytes,
-            "bytes_before": self.bytes_before,
-            "skipped_in_use": self.skipped_in_use,
-            "skipped_pinned": self.skipped_pinned,
-        }
 
 
 @dataclass

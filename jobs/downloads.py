@@ -45,7 +45,8 @@ from typing import Any
 
 import aiohttp
 
-from ..backends.http_download import HttpDownloader, discard_partial, partial_progress
+from ..backends.http_download import HttpDownloader
+from ..backends.http_partial import discard_partial, partial_progress
 from ..backends.sources import ResolvedFile, make_session, resolve
 from ..backends.state_db import StateDB
 from ..core.download_job import ACTIVE, FINISHED, DownloadJob, FileState, describe_source, request_key

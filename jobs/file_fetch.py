@@ -14,7 +14,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from ..backends.http_download import HttpDownloader, discard_partial, map_path
+from ..backends.http_download import HttpDownloader
+from ..backends.http_partial import discard_partial, map_path
 from ..core.errors import CorruptFile, PayloadTooLarge, TransferFailed
 from ..core.filenames import sanitize_name
 from ..core.objects import ObjectStore, parse_object_uri

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..backends.http_download import discard_partial, map_path, source_id
+from ..backends.http_partial import discard_partial, map_path, source_id
 from ..backends.sources import ResolvedFile
 from ..core.download_job import describe_source
 from ..core.download_request import DownloadItem

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..core.metrics import PROMETHEUS_CONTENT_TYPE
+from ..core.prometheus import PROMETHEUS_CONTENT_TYPE
 from ._common import query_int
 
 if TYPE_CHECKING:

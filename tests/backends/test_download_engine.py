@@ -15,13 +15,9 @@ import aiohttp
 import pytest
 from http_server import FaultServer, fault_server
 
-from podkit.backends.http_download import (
-    WRITE_BATCH,
-    HttpDownloader,
-    checkpoint_interval_bytes,
-    map_path,
-    partial_progress,
-)
+from podkit.backends.http_download import HttpDownloader
+from podkit.backends.http_partial import checkpoint_interval_bytes, map_path, partial_progress
+from podkit.backends.http_transfer import WRITE_BATCH
 from podkit.core.download_plan import PieceMap
 from podkit.core.errors import AccessDenied, CorruptFile, InsufficientStorage, NotFound, PayloadTooLarge
 
@@ -91,7 +87,7 @@ async def test_pieces_larger_than_the_first_request_need_no_retry(
     known_size: bool,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="podkit.backends.http_download")
+    caplog.set_level(logging.DEBUG, logger="podkit.backends.http_transfer")
     data = payload(96 * MiB)  # 2 connections: 8 pieces of 12 MiB, more than a first request of unknown size
     sha = server.add("/f", data)
     size = len(data) if known_size else None

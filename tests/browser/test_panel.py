@@ -152,7 +152,8 @@ def test_timers_stop_once_the_panel_leaves_the_page(open_panel: Any) -> None:
 def test_cache_filled_by_another_process_shows_its_plan_and_purges(
     open_panel: Any, control_plane: Any, screenshots: Path, page_clean: Any
 ) -> None:
-    from podkit.core.model_cache import CacheKey, ModelCache
+    from podkit.core.model_cache import ModelCache
+    from podkit.core.model_cache_types import CacheKey
 
     # another process on the volume (a ComfyUI worker loading a LoRA) puts a file into the shared cache
     cache = ModelCache(control_plane.root / "cache", max_bytes=2**40)

@@ -16,7 +16,7 @@ import pytest
 from http_server import FaultServer, fault_server
 from safetensors_support import LORA_KEYS, VAE_KEYS, safetensors_bytes
 
-from podkit.backends.http_download import partial_progress
+from podkit.backends.http_partial import partial_progress
 from podkit.backends.local_store import LocalStore
 from podkit.backends.state_db import StateDB
 from podkit.core.download_job import DownloadJob

@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from route_support import TOKEN, assert_no_secrets, client_for, make_services
 
-from podkit.core.model_cache import CacheKey
+from podkit.core.model_cache_types import CacheKey
 from podkit.core.objects import ObjectRef
 from podkit.services import Services
 

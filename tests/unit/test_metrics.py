@@ -6,19 +6,9 @@ import math
 
 import pytest
 
-from podkit.core.metrics import (
-    PROMETHEUS_CONTENT_TYPE,
-    WALL_BUCKETS,
-    GenerationRecord,
-    MetricsCounters,
-    NodeTiming,
-    PromptRecorder,
-    build_report,
-    classify,
-    describe_graph,
-    node_kind,
-    percentile,
-)
+from podkit.core.metrics import GenerationRecord, NodeTiming, PromptRecorder, describe_graph, node_kind
+from podkit.core.metrics_report import build_report, classify, percentile
+from podkit.core.prometheus import PROMETHEUS_CONTENT_TYPE, WALL_BUCKETS, MetricsCounters
 from tests.support.metrics_support import GRAPH, Clock, parse_prometheus, replay, run_events
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from podkit.core.errors import CorruptFile, InsufficientStorage
 from podkit.core.locks import FileLock
-from podkit.core.model_cache import CacheKey, ModelCache
+from podkit.core.model_cache import ModelCache
+from podkit.core.model_cache_types import CacheKey
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -173,7 +174,8 @@ root, cache_dir, log, data_len = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.
 sys.path.insert(0, str(root / "tests" / "support"))
 from podkit_import import register_package
 register_package()
-from podkit.core.model_cache import CacheKey, ModelCache
+from podkit.core.model_cache import ModelCache
+from podkit.core.model_cache_types import CacheKey
 cache = ModelCache(cache_dir, max_bytes=10**9, stale_lock_after=5)
 def fetch(tmp):
     with open(log, "a") as f:

@@ -1,4 +1,5 @@
-"""Tests for the PNG encoder in ``backends/png.py``: exactness, metadata, validation, size."""
+"""Tests for the PNG encoder in ``backends/png.py`` (and ``png_filters.py``, ``png_read.py``): exactness,
+metadata, validation, size."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngImageFile, PngInfo
 
 from podkit.backends import png as png_module
-from podkit.backends.png import PngStrategy, encode_png, read_png_text, to_uint8
+from podkit.backends import png_read
+from podkit.backends.png import PngStrategy, encode_png, to_uint8
+from podkit.backends.png_read import read_png_text
 
 FILTERS = ["adaptive", "none", "sub", "up", "average", "paeth"]
 STRATEGIES = ["auto", "default", "filtered", "rle", "huffman"]
@@ -381,7 +384,7 @@ def test_read_png_text_rejects_malformed_text_chunks(kind: bytes, body: bytes) -
 
 
 def test_read_png_text_limits_decompressed_text(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(png_module, "_MAX_TEXT_BYTES", 1000)
+    monkeypatch.setattr(png_read, "_MAX_TEXT_BYTES", 1000)
     data = encode_png(natural(4, 4, 3))
     ihdr_end = 8 + 25
     bomb = png_module._chunk(b"zTXt", b"k\0\0" + zlib.compress(b"x" * 5000))
