@@ -27,7 +27,8 @@ from ..core.errors import (
 )
 from ..core.fsutil import sha256_file
 from ..core.gencache import GenerationStats, mirror_key
-from ..core.model_cache import CacheKey, ModelCache
+from ..core.model_cache import ModelCache
+from ..core.model_cache_types import CacheKey
 from ..core.objects import ObjectMeta, ObjectRef, ObjectStore
 
 logger = logging.getLogger(__name__)

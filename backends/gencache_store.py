@@ -27,7 +27,8 @@ from ..core.gencache import (
     read_skeleton,
     skeleton_text,
 )
-from ..core.model_cache import CacheKey, ModelCache
+from ..core.model_cache import ModelCache
+from ..core.model_cache_types import CacheKey
 from .gencache_mirror import BucketMirror
 
 

@@ -32,10 +32,7 @@ from pathlib import Path
 from .errors import CorruptFile, InsufficientStorage, InvalidRequest
 from .fsutil import fsync_dir, sha256_file
 from .locks import HOSTNAME, FileLock, holder_is_dead, pid_alive
-from .model_cache_types import CacheEntry, CacheStats, EvictionPlan
-
-# Re-exported: backends/gencache_store.py imports CacheKey from here.
-from .model_cache_types import CacheKey as CacheKey
+from .model_cache_types import CacheEntry, CacheKey, CacheStats, EvictionPlan
 
 logger = logging.getLogger(__name__)
 
