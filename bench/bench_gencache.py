@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import itertools
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +38,7 @@ from _common import CpuGuard, emit_json, paired_ratio, print_table, stats
 _bootstrap.register_package()
 
 REPO = Path(__file__).resolve().parent.parent
+TINY_MODELS = REPO / "tests" / "support" / "make_tiny_models.py"
 GUARD = CpuGuard(max_wait=3.0, wait_budget=120.0)
 
 
@@ -165,8 +167,8 @@ def main() -> int:
         root = Path(tmp)
         models = root / "models"
         models.mkdir()
-        h.subprocess.run(
-            [str(install.python), str(h.SUPPORT / "make_tiny_models.py"), "--out", str(models),
+        subprocess.run(
+            [str(install.python), str(TINY_MODELS), "--out", str(models),
              "--comfyui", str(install.checkout)],
             cwd=models, env=h.sanitized_env(), check=True, capture_output=True, timeout=900,
         )  # fmt: skip

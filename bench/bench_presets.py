@@ -38,6 +38,7 @@ import importlib.util
 import itertools
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -53,6 +54,7 @@ from podkit.core.presets import Family  # noqa: E402
 from podkit.core.speed import DISTURBED_SHARE, ESTIMATE_RUNS, SpeedModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+TINY_MODELS = REPO / "tests" / "support" / "make_tiny_models.py"
 TIERS = ("draft", "standard", "high")
 TABLES = {
     # the shipped tiers' samplers (a first-order, a multistep and an SDE solver) on a tiny budget
@@ -336,8 +338,8 @@ def main() -> int:
         root = Path(tmp)
         models = Path(args.models) if args.models else root / "models"
         models.mkdir(parents=True, exist_ok=True)
-        h.subprocess.run(
-            [str(install.python), str(h.SUPPORT / "make_tiny_models.py"), "--out", str(models),
+        subprocess.run(
+            [str(install.python), str(TINY_MODELS), "--out", str(models),
              "--comfyui", str(install.checkout)],
             cwd=models, env=h.sanitized_env(), check=True, capture_output=True, timeout=900,
         )  # fmt: skip
