@@ -136,7 +136,8 @@ class PodKitTiledVAEDecode(io.ComfyNode):
         )
         bar.update_absolute(bar.total)
         where = f"cached ({info.cache})" if info.cache in ("ram", "disk") else f"{info.seconds:.1f} s"
-        how = f"{info.band_px}-px bands" if info.band_px else info.method
+        # "exact, 64-px bands" or "streamed from …, statistics from 6% of the rows, 8-px bands"
+        how = info.detail or (f"{info.band_px}-px bands" if info.band_px else info.method)
         if info.reason:
             logger.info("PodKit decode fell back to core VAE Decode (Tiled): %s", info.reason)
         say(None, f"{how}, {where}" + (f", {info.retries} out-of-memory retries" if info.retries else ""))
