@@ -145,6 +145,10 @@ class GenerationStats:
     nodes: dict[str, _NodeCounts] = field(default_factory=dict)
     errors: int = 0
     bucket: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BUCKET_COUNTS, 0))
+    #: prompts the cache was on for, and the microseconds their start took (the model scope: a stat
+    #: and a memo read per model file the prompt names)
+    prompts: int = 0
+    scope_us: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count(self, class_type: str, **deltas: int) -> None:
@@ -157,6 +161,12 @@ class GenerationStats:
         with self._lock:
             self.errors += 1
 
+    def count_prompt(self, scope_us: int) -> None:
+        """A prompt started with the cache on; ``scope_us``: what finding its model scope took."""
+        with self._lock:
+            self.prompts += 1
+            self.scope_us += scope_us
+
     def count_bucket(self, name: str) -> None:
         """One more of a bucket count (a name of :data:`BUCKET_COUNTS`)."""
         with self._lock:
@@ -167,6 +177,8 @@ class GenerationStats:
             keys = tuple(_NodeCounts.__dataclass_fields__)
             return {k: sum(getattr(c, k) for c in self.nodes.values()) for k in keys} | {
                 "errors": self.errors,
+                "prompts": self.prompts,
+                "scope_us": self.scope_us,
                 **self.bucket,
             }
 

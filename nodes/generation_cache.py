@@ -80,12 +80,15 @@ def make_provider(store: GenerationStore, identities: FileIdentities, graph_of: 
 
         def on_prompt_start(self, prompt_id: str) -> None:
             self._missed.clear()
+            started = time.perf_counter()
             graph = graph_of(prompt_id)
             try:
                 self.scope = scope_of(graph, identities) if graph is not None else None
             except Exception as e:  # an unreadable model file: no cache for this prompt
                 logger.warning("generation cache off for prompt %s: %s", prompt_id, e)
                 self.scope = None
+            if self.scope is not None:
+                store.stats.count_prompt(_us_since(started))
 
         def on_prompt_end(self, prompt_id: str) -> None:
             # The writes go on in the background: ComfyUI writes the prompt's history after this

@@ -72,6 +72,14 @@ def test_stats_per_node_type() -> None:
     assert wire["totals"]["store_us"] == 500  # what taking entries cost the prompt thread, summed
 
 
+def test_prompt_starts_join_the_totals() -> None:
+    stats = GenerationStats()
+    stats.count_prompt(1200)
+    stats.count_prompt(800)
+    totals = stats.to_wire()["totals"]
+    assert (totals["prompts"], totals["scope_us"]) == (2, 2000)
+
+
 def test_bucket_counts_join_the_totals() -> None:
     stats = GenerationStats()
     stats.count_bucket("bucket_hits")
