@@ -3,18 +3,20 @@
     .venv/bin/python bench/bench_gencache.py [--rounds 5] [--steps 4] [--size 128] [--json PATH]
 
 Needs ComfyUI 0.33+ (its cache-provider API): the newest tree ``scripts/setup`` prepared, or
-``COMFYUI_PATH``. Three ComfyUI processes with PodKit and the tiny SD1.5 checkpoint: **A** and **B**
-share one cache folder (generation cache on), **C** has it off. Every round is a new prompt (new
-seed): A (a miss: it computes and stores) and C (the same work without the cache) run it in an order
-that alternates between rounds, each after the other's background writes are done; then B (a second
-pod: served from the cache). A round that foreign CPU load disturbed is run again with a new seed (a
+``COMFYUI_PATH``. Four ComfyUI processes with PodKit and the tiny SD1.5 checkpoint: **A** and **B**
+share one cache folder (generation cache on), **C** and **D** have it off (D, C's twin, is the
+control for two processes' own difference). Every round is a new prompt (new seed): A (a miss: it
+computes and stores), C and D (the same work without the cache) run it in an order that rotates
+between rounds, each after A's background writes are done; then B (a second pod: served from the
+cache). A round that foreign CPU load disturbed is run again with a new seed (a
 repeated prompt would come from ComfyUI's own cache). Figures:
 
 - ``second_pod``: B / C wall time, paired per round, median — what the cache saves a second pod
   (goal: no sampling, ≪ 1);
 - ``store_overhead``: A / C − 1, paired per round, median, as % of the prompt (goal ≤ 2 %), and the
-  same overhead as PodKit accounted it on A (lookups that missed + entries taken on the prompt thread,
-  from A's stats) — the low-noise reading of the same cost;
+  same overhead as PodKit accounted it on A (model scope + lookups that missed + entries taken on
+  the prompt thread, from A's stats) — the low-noise reading of the same cost; ``control``: D / C − 1, and the
+  overhead against both: A / mean(C, D) − 1;
 - per node type: B's time per hit (reading the entry) and A's time per store on the prompt thread.
 
 Prints tables and one JSON line.
@@ -78,10 +80,10 @@ def timed(server: Any, prompt: dict[str, Any], sampler: str, *, served: bool) ->
 
 
 def one_round(servers: dict[str, Any], prompt: dict[str, Any], sampler: str, r: int) -> dict[str, float]:
-    """A and C (order alternating, each after A's background writes), then B, on one new prompt."""
+    """A, C and D (order rotating, each after A's background writes), then B, on one new prompt."""
     before = generation(servers["A"])
     times: dict[str, float] = {}
-    for name in ("A", "C") if r % 2 == 0 else ("C", "A"):
+    for name in (("A", "C", "D"), ("C", "D", "A"), ("D", "A", "C"))[r % 3]:
         times[name] = timed(servers[name], prompt, sampler, served=False)
         if name == "A":
             wait_for_stores(servers["A"], before["nodes"].get("KSampler", {}).get("stores", 0) + 1)
@@ -108,18 +110,24 @@ def node_delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, dict[
 def report(
     version: str, args: Any, rounds: list[dict[str, float]], before: dict[str, Any], after: dict[str, Any]
 ) -> None:
-    times = {name: [r[name] for r in rounds] for name in ("A", "B", "C")}
-    labels = {"A": "A (miss + store)", "B": "B (second pod, cache)", "C": "C (second pod, no cache)"}
+    times = {name: [r[name] for r in rounds] for name in ("A", "B", "C", "D")}
+    labels = {"A": "A (miss + store)", "B": "B (second pod, cache)", "C": "C (second pod, no cache)",
+              "D": "D (control: C's twin)"}  # fmt: skip
     rows = [[labels[k], f"{stats(v)['min']:.3f}", f"{stats(v)['median']:.3f}"] for k, v in times.items()]
     print_table(f"identical prompts, ComfyUI {version}, {args.size}², {args.steps} steps (wall s)",
                 ["case", "min", "median"], rows)  # fmt: skip
     a_nodes, b_nodes = node_delta(after["A"], before["A"]), node_delta(after["B"], before["B"])
     second = paired_ratio(times["B"], times["C"])
     overhead = (paired_ratio(times["A"], times["C"]) - 1) * 100
+    control = (paired_ratio(times["D"], times["C"]) - 1) * 100  # two identical processes
+    off = [(c + d) / 2 for c, d in zip(times["C"], times["D"], strict=True)]
+    beyond = (paired_ratio(times["A"], off) - 1) * 100
     accounted = 100 * paired_ratio([r["A_cache"] for r in rounds], times["A"])
     print_table("ratios (paired per round, median)", ["figure", "value", "goal"],
                 [["second pod with cache / without", f"{second:.3f}", "≪ 1 (no sampling)"],
                  ["store overhead on a miss, wall (A/C − 1)", f"{overhead:+.2f} %", "≤ 2 %"],
+                 ["control: two processes without cache (D/C − 1)", f"{control:+.2f} %", "≈ 0"],
+                 ["store overhead on a miss, wall (A / mean(C, D) − 1)", f"{beyond:+.2f} %", "≤ 2 %"],
                  ["store overhead on a miss, accounted on A", f"{accounted:.2f} %", "≤ 2 %"]])  # fmt: skip
     per_node = []
     for node in sorted(set(a_nodes) | set(b_nodes)):
@@ -141,6 +149,7 @@ def report(
     print_table("per node type (rounds only)", headers, per_node)
     emit_json("bench_gencache", {"comfyui": version, "rounds": rounds, "second_pod_ratio": second,
                                  "store_overhead_pct": overhead, "store_overhead_accounted_pct": accounted,
+                                 "control_pct": control, "store_overhead_vs_both_pct": beyond,
                                  "nodes_a": a_nodes, "nodes_b": b_nodes,
                                  "discarded": GUARD.discarded}, args.json)  # fmt: skip
 
@@ -177,7 +186,7 @@ def main() -> int:
         )  # fmt: skip
         shared = root / "volume"
         servers: dict[str, Any] = {}
-        for name, on in (("A", True), ("B", True), ("C", False)):
+        for name, on in (("A", True), ("B", True), ("C", False), ("D", False)):
             env = {"PODKIT_VOLUME_DIR": str(shared), "PODKIT_CACHE_DIR": str(shared / "cache"),
                    "PODKIT_GENERATION_CACHE": "1" if on else "0"}  # fmt: skip
             servers[name] = h.ComfyServer(install, models, root / name, env=env, name=f"bench-{name}")
