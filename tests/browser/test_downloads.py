@@ -70,8 +70,8 @@ def test_download_from_the_form_reaches_100_percent(
         row.wait_for()
         seen: set[int] = set()
         deadline = time.monotonic() + 60
-        while row.get_attribute("data-status") != "done":
-            assert row.get_attribute("data-status") in {"queued", "running", "verifying"}, row.inner_text()
+        while (status := row.get_attribute("data-status")) != "done":  # one read: it may finish meanwhile
+            assert status in {"queued", "running", "verifying"}, row.inner_text()
             value = progress_of(row)
             if value is not None and 0 < value < 100 and not any(0 < v < 100 for v in seen):
                 shot(page, screenshots, "download-running")
