@@ -138,11 +138,13 @@ def test_pod_command(
         text = wait_log(log2, "podkit: pod ready in", proc)
         assert text.count("already present") == 2, text[-3000:]
         deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert time.monotonic() < deadline, get(url + "/podkit/idle")
-            time.sleep(0.5)
+        # the command writes the marker before it exits; the watcher says "done" once it has exited
         status, idle = get(url + "/podkit/idle")
-        assert status == 200 and idle["phase"] == "done" and idle["policy"]["action"] == "command"
+        while not (marker.exists() and idle["phase"] == "done"):
+            assert time.monotonic() < deadline and idle["phase"] != "failed", idle
+            time.sleep(0.5)
+            status, idle = get(url + "/podkit/idle")
+        assert status == 200 and idle["policy"]["action"] == "command"
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
