@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .backends.decode_tiers import model_cache_tier
 from .backends.gencache_mirror import BucketMirror
 from .backends.gencache_store import GenerationStore
 from .backends.idle_watch import ActivityProbe, IdleWatch, command_runner, runpod_stopper
@@ -269,7 +270,7 @@ def build_services(
         health=health,
         presets=PresetBook(settings.presets_file),
         decode_cache=DecodeCache(
-            settings.decode_ram_cache_bytes, cache if settings.decode_disk_cache else None
+            settings.decode_ram_cache_bytes, model_cache_tier(cache) if settings.decode_disk_cache else None
         ),
         lora_patches=LoraPatchCache(DEFAULT_MAX_ENTRIES),
         generation=build_generation_store(settings, store),

@@ -23,6 +23,9 @@ from ..core.gencache import (
     ENTRY_SUFFIX,
     METADATA_KEY,
     GenerationStats,
+    MissingReference,
+    Refs,
+    Resolve,
     Unsupported,
     read_skeleton,
     skeleton_text,
@@ -38,10 +41,12 @@ def _is_tensor(obj: Any) -> bool:
     return isinstance(obj, torch.Tensor)
 
 
-def _read(path: Path, digest: str, *, tensors: bool = True, named: bool = False) -> tuple[Any, Any]:
+def _read(
+    path: Path, digest: str, *, tensors: bool = True, named: bool = False, resolve: Resolve | None = None
+) -> tuple[Any, Any]:
     """(outputs, ui) of the entry file at ``path``; ValueError when it is another entry's file
     (or, with ``named``, does not name its entry at all). Without ``tensors`` only the header is
-    read and checked (outputs and ui are then None)."""
+    read and checked (outputs and ui are then None). ``resolve`` reads references to other entries."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
@@ -54,7 +59,19 @@ def _read(path: Path, digest: str, *, tensors: bool = True, named: bool = False)
         if not tensors:
             return None, None
         values = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    return read_skeleton(metadata[METADATA_KEY], values)
+    return read_skeleton(metadata[METADATA_KEY], values, resolve)
+
+
+def _tensor(path: Path, digest: str, name: str) -> Any:
+    """One tensor of the entry file at ``path`` (the target of a reference)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        if (f.metadata() or {}).get(DIGEST_KEY) != digest:
+            raise ValueError(f"the file does not hold entry {digest[:12]}")
+        if name not in f.keys():  # noqa: SIM118 - safe_open has no __contains__
+            raise ValueError(f"entry {digest[:12]} has no tensor {name!r}")
+        return f.get_tensor(name)
 
 
 def verifier(digest: str) -> Callable[[Path], None]:
@@ -77,27 +94,53 @@ class GenerationStore:
         self.cache = cache
         self.stats = stats or (mirror.stats if mirror is not None else GenerationStats())
         self.mirror = mirror
+        #: finds the entry already holding a tensor (the decode node's image: ``decode_tiers``)
+        self.refs: Refs | None = None
 
     @staticmethod
     def key(digest: str) -> CacheKey:
         return CacheKey.for_source(f"podkit-gencache:{digest}", "1", ENTRY_SUFFIX)
 
-    def load(self, digest: str) -> tuple[list[Any], Any, int] | None:
-        """(outputs, ui, size in bytes) of the entry, or None when there is none (on the volume,
-        nor, with a mirror, in the bucket)."""
+    def _path(self, digest: str) -> Path | None:
         key = self.key(digest)
-        path = self.cache.lookup(key)
+        path = self.cache.use(key)
         if path is None and self.mirror is not None:
             path = self.mirror.fetch(digest, self.cache, key, verifier(digest))
+        return path
+
+    def load(self, digest: str) -> tuple[list[Any], Any, int] | None:
+        """(outputs, ui, size in bytes) of the entry, or None when there is none (on the volume,
+        nor, with a mirror, in the bucket), or when an entry it refers to is gone. The size counts
+        the tensors read from referenced entries."""
+        path = self._path(digest)
         if path is None:
             return None
-        outputs, ui = _read(path, digest)
-        return list(outputs), ui, path.stat().st_size
+        size = path.stat().st_size
+
+        def resolve(target: str, name: str) -> Any:
+            nonlocal size
+            found = self._path(target) if target != digest else None
+            if found is None:
+                raise MissingReference(target)
+            tensor = _tensor(found, target, name)
+            size += int(tensor.nbytes)
+            return tensor
+
+        try:
+            outputs, ui = _read(path, digest, resolve=resolve)
+        except MissingReference:
+            return None
+        return list(outputs), ui, size
+
+    def holds(self, digest: str) -> bool:
+        """Whether the entry is on this volume now (no bucket request)."""
+        return self.cache.lookup(self.key(digest)) is not None
 
     def prepare(self, outputs: Any, ui: Any) -> tuple[str, dict[str, Any]]:
         """The entry's metadata text and its tensors, copied to the CPU now (the values may change
-        once the prompt goes on). Raises Unsupported for anything but data."""
-        text, tensors = skeleton_text(outputs, ui, _is_tensor)
+        once the prompt goes on). Raises Unsupported for anything but data. Tensors :attr:`refs`
+        finds in another entry are stored as references to it (no second copy)."""
+        text, tensors = skeleton_text(outputs, ui, _is_tensor, self.refs)
         return text, {f"t{i}": t.detach().to("cpu", copy=True).contiguous() for i, t in enumerate(tensors)}
 
     def write(self, digest: str, entry: tuple[str, dict[str, Any]]) -> int:

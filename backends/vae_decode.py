@@ -15,10 +15,8 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -93,29 +91,15 @@ def checked_decoder(model: nn.Module) -> LdmDecoder:
 
 
 def vae_fingerprint(vae: Any) -> str:
-    """The VAE's weights fingerprint, plus its patcher's patch identity (a LoRA applied to the VAE)."""
+    """The VAE's weights fingerprint, plus its patcher's patch identity when something is patched
+    into it (a LoRA applied to the VAE: then the entry is this process's own). Every patcher has a
+    random ``patches_uuid``, so an unpatched VAE must not use it, or no two processes would share
+    an entry."""
     base = weights_fingerprint(vae.first_stage_model)
-    patches = getattr(getattr(vae, "patcher", None), "patches_uuid", None)
-    return base if patches is None else f"{base}+{patches}"
-
-
-def write_image(image: torch.Tensor, path: Path) -> None:
-    """Write an IMAGE tensor as a .npy file (exact float32)."""
-    with open(path, "wb") as f:
-        np.save(f, image.detach().to("cpu", torch.float32).contiguous().numpy(), allow_pickle=False)
-
-
-def read_image(path: Path) -> tuple[torch.Tensor, int]:
-    """Read an IMAGE written by :func:`write_image`; (tensor, size in bytes).
-
-    Raises:
-        ValueError: not a float32 ``[B, H, W, C]`` array.
-    """
-    arr = np.load(path, allow_pickle=False)
-    if arr.dtype != np.float32 or arr.ndim != 4:
-        raise ValueError(f"{path.name}: expected a float32 [B,H,W,C] image, got {arr.dtype} {arr.shape}")
-    t = torch.from_numpy(arr)
-    return t, int(t.nbytes)
+    patcher = getattr(vae, "patcher", None)
+    if not getattr(patcher, "patches", None):
+        return base
+    return f"{base}+{getattr(patcher, 'patches_uuid', None)}"
 
 
 @dataclass
@@ -192,11 +176,11 @@ def cached_decode(
         # One key for the exact and the streamed decode (within ~1e-3 of each other): the first
         # decode of a latent is the one kept, whichever the free memory allowed.
         key = decode_key(latent_digest(samples), vae_fingerprint(vae), settings)
-        hit = cache.get(key, read_image)
+        hit = cache.get(key)
         if hit is not None:
-            return hit[0].clone(), DecodeInfo(
-                str(settings["method"]), hit[1], None, 0, time.perf_counter() - start
-            )
+            served = hit[0].clone()
+            cache.note_output(served, key)
+            return served, DecodeInfo(str(settings["method"]), hit[1], None, 0, time.perf_counter() - start)
     image, band, retries, mode, detail = _decode(vae, samples, host, dec, band_px, progress)
     if dec is None or band is None:
         settings = {"method": "fallback", **dict(host.fallback_settings)}
@@ -204,7 +188,8 @@ def cached_decode(
             key = decode_key(latent_digest(samples), vae_fingerprint(vae), settings)
     if cache is not None and key is not None:
         kept = image.detach().to("cpu", torch.float32).contiguous().clone()
-        cache.put(key, kept, int(kept.nbytes), lambda p: write_image(kept, p))
+        cache.put(key, kept, int(kept.nbytes))
+        cache.note_output(image, key)
     return image, DecodeInfo(
         "banded" if band is not None else "fallback",
         "miss" if cache is not None else "off",

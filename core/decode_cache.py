@@ -3,8 +3,10 @@
 A key is ``sha256`` over the latent's digest, the VAE weights' fingerprint and every decode
 setting that changes the pixels (the method, and the tile settings of a fallback decode), so two
 workflows that decode the same latent with the same VAE share one entry. The RAM tier holds the
-decoded values themselves; the disk tier is a blob per key in the shared model cache (its LRU,
-leases and size cap apply), written and read through callables the torch side provides.
+decoded values themselves; the disk tier is a :class:`DiskTier`: a blob per key in the shared model
+cache (:class:`ModelCacheTier`, its LRU, leases and size cap apply), or, inside a ComfyUI with the
+cache-provider API, an entry of the generation cache (``backends/decode_tiers.py``), which every pod
+shares and which a bucket may mirror.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import hashlib
 import json
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from .errors import InvalidRequest, PodKitError
 from .lru import ByteLRU
@@ -50,6 +53,62 @@ def decode_key(latent_digest: str, vae_fingerprint: str, settings: Mapping[str, 
     return h.hexdigest()
 
 
+class DiskTier(Protocol[V]):
+    """Where decoded values outlive the process. ``load`` raises (OSError, ValueError, PodKitError)
+    on a damaged entry, which the cache counts and treats as a miss."""
+
+    #: what /podkit/cache/stats calls it ("model cache", "generation cache")
+    name: str
+
+    def load(self, key: str) -> tuple[V, int] | None:
+        """(value, size in bytes) stored under ``key``, or None."""
+        ...
+
+    def save(self, key: str, value: V) -> None:
+        """Store ``value`` under ``key`` (once across processes)."""
+        ...
+
+
+class ModelCacheTier(Generic[V]):
+    """A blob per key in a :class:`ModelCache`, read and written by the codec the torch side gives.
+
+    Args:
+        cache: the model cache holding the blobs.
+        read: ``read(path) -> (value, size)``; raises ValueError on a blob it does not understand.
+        write: ``write(value, tmp_path)``.
+        suffix: file suffix of the blobs.
+    """
+
+    name = "model cache"
+
+    def __init__(
+        self,
+        cache: ModelCache,
+        read: Callable[[Path], tuple[V, int]],
+        write: Callable[[V, Path], None],
+        *,
+        suffix: str = ".npy",
+    ) -> None:
+        self.cache, self.read, self.write, self.suffix = cache, read, write, suffix
+
+    def _key(self, key: str) -> CacheKey:
+        return CacheKey.for_source(f"podkit-decode:{key}", f"v{FORMAT_VERSION}", self.suffix)
+
+    def load(self, key: str) -> tuple[V, int] | None:
+        disk_key = self._key(key)
+        path = self.cache.use(disk_key)
+        if path is None:
+            return None
+        with self.cache.lease(disk_key):
+            return self.read(path)
+
+    def save(self, key: str, value: V) -> None:
+        def fetch(tmp: Path) -> None:
+            self.write(value, tmp)
+
+        self.cache.ensure(self._key(key), fetch)
+
+
 @dataclass(frozen=True)
 class DecodeCacheStats:
     ram_hits: int
@@ -61,85 +120,104 @@ class DecodeCacheStats:
     ram_bytes: int
     ram_max_bytes: int
     disk_enabled: bool
+    #: the disk tier's name, or None without one
+    disk_tier: str | None
     hit_rate: float | None
 
     def to_wire(self) -> dict[str, object]:
         return asdict(self)
 
 
+#: outputs remembered for :meth:`DecodeCache.key_of` (the last few decodes of this process)
+RECENT_OUTPUTS = 16
+
+
 class DecodeCache(Generic[V]):
-    """RAM LRU of decoded values, with an optional disk tier in the model cache.
+    """RAM LRU of decoded values, with an optional disk tier.
 
     Args:
         ram_bytes: size cap of the RAM tier.
-        disk: the model cache holding the disk tier, or None for RAM only.
-        suffix: file suffix of the disk blobs.
+        disk: the disk tier, or None for RAM only (see :meth:`use_disk`).
     """
 
-    def __init__(self, ram_bytes: int, disk: ModelCache | None = None, *, suffix: str = ".npy") -> None:
+    def __init__(self, ram_bytes: int, disk: DiskTier[V] | None = None) -> None:
         self.ram: ByteLRU[V] = ByteLRU(ram_bytes)
         self.disk = disk
-        self.suffix = suffix
         self._lock = threading.Lock()
         self._ram_hits = self._disk_hits = self._misses = self._stores = self._disk_errors = 0
+        self._recent: dict[int, tuple[weakref.ref[object], str]] = {}
 
-    def _disk_key(self, key: str) -> CacheKey:
+    def use_disk(self, disk: DiskTier[V] | None) -> None:
+        """Switch the disk tier (the host attaching its generation cache); RAM entries stay."""
+        self.disk = disk
+
+    @staticmethod
+    def _check(key: str) -> None:
         if len(key) != 64 or not set(key) <= _HEX:
             raise InvalidRequest(f"{key!r} is not a decode cache key")
-        return CacheKey.for_source(f"podkit-decode:{key}", f"v{FORMAT_VERSION}", self.suffix)
 
     def _count(self, name: str) -> None:
         with self._lock:
             setattr(self, name, getattr(self, name) + 1)
 
-    def get(self, key: str, load: Callable[[Path], tuple[V, int]] | None = None) -> tuple[V, str] | None:
-        """``(value, "ram" | "disk")`` for ``key``, from RAM, else from disk (then kept in RAM), else None.
-
-        ``load(path) -> (value, size)`` reads a disk blob; a blob that fails to load counts as a miss.
-        """
-        disk_key = self._disk_key(key)
+    def get(self, key: str) -> tuple[V, str] | None:
+        """``(value, "ram" | "disk")`` for ``key``, from RAM, else from disk (then kept in RAM), else
+        None. An entry the disk tier cannot read is logged and counted, and is a miss."""
+        self._check(key)
         value = self.ram.get(key)
         if value is not None:
             self._count("_ram_hits")
             return value, "ram"
-        if self.disk is not None and load is not None:
-            path = self.disk.lookup(disk_key)
-            if path is not None:
-                try:
-                    with self.disk.lease(disk_key):
-                        value, size = load(path)
-                except (OSError, ValueError, PodKitError) as e:
-                    logger.warning("PodKit decode cache: cannot read %s: %s", path.name, e)
-                    self._count("_disk_errors")
-                else:
-                    self.ram.put(key, value, size)
+        disk = self.disk
+        if disk is not None:
+            try:
+                found = disk.load(key)
+            except (OSError, ValueError, PodKitError) as e:
+                logger.warning("PodKit decode cache: cannot read entry %s (%s): %s", key[:12], disk.name, e)
+                self._count("_disk_errors")
+            else:
+                if found is not None:
+                    self.ram.put(key, found[0], found[1])
                     self._count("_disk_hits")
-                    return value, "disk"
+                    return found[0], "disk"
         self._count("_misses")
         return None
 
-    def put(self, key: str, value: V, size: int, write: Callable[[Path], None] | None = None) -> None:
-        """Keep ``value`` in RAM and, with a disk tier, write it once with ``write(tmp_path)``.
+    def put(self, key: str, value: V, size: int) -> None:
+        """Keep ``value`` in RAM and, with a disk tier, store it there once.
 
         A failed disk write is logged and counted, never raised: the decode itself succeeded.
         """
-        disk_key = self._disk_key(key)
+        self._check(key)
         self.ram.put(key, value, size)
         self._count("_stores")
-        if self.disk is None or write is None:
+        disk = self.disk
+        if disk is None:
             return
-
-        def fetch(tmp: Path) -> None:
-            write(tmp)
-
         try:
-            self.disk.ensure(disk_key, fetch)
+            disk.save(key, value)
         except (OSError, ValueError, PodKitError) as e:
-            logger.warning("PodKit decode cache: cannot store a decoded image on disk: %s", e)
+            logger.warning("PodKit decode cache: cannot store a decoded image (%s): %s", disk.name, e)
             self._count("_disk_errors")
+
+    def note_output(self, output: object, key: str) -> None:
+        """``output`` (the object a decode returned) holds the value cached under ``key``: the
+        generation cache then stores a reference to that entry instead of a second copy."""
+        with self._lock:
+            self._recent = {k: v for k, v in self._recent.items() if v[0]() is not None}
+            while len(self._recent) >= RECENT_OUTPUTS:
+                del self._recent[next(iter(self._recent))]
+            self._recent[id(output)] = (weakref.ref(output), key)
+
+    def key_of(self, output: object) -> str | None:
+        """The key of a recent decode that returned this very object, else None."""
+        with self._lock:
+            known = self._recent.get(id(output))
+        return known[1] if known is not None and known[0]() is output else None
 
     def stats(self) -> DecodeCacheStats:
         ram = self.ram.stats()
+        disk = self.disk
         with self._lock:
             hits = self._ram_hits + self._disk_hits
             lookups = hits + self._misses
@@ -152,6 +230,7 @@ class DecodeCache(Generic[V]):
                 ram_entries=ram.entries,
                 ram_bytes=ram.bytes,
                 ram_max_bytes=ram.max_bytes,
-                disk_enabled=self.disk is not None,
+                disk_enabled=disk is not None,
+                disk_tier=disk.name if disk is not None else None,
                 hit_rate=(hits / lookups) if lookups else None,
             )

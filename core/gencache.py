@@ -42,6 +42,12 @@ def entry_digest(cache_key_hash: str, scope: str) -> str:
     return hashlib.sha256(f"podkit-gencache:v{FORMAT}\n{scope}\n{cache_key_hash}".encode()).hexdigest()
 
 
+def decode_digest(decode_key: str) -> str:
+    """The entry holding the PodKit decode node's image for a decode-cache key (the decode cache's
+    disk tier inside a host with the cache-provider API)."""
+    return hashlib.sha256(f"podkit-decode:v{FORMAT}\n{decode_key}".encode()).hexdigest()
+
+
 def mirror_key(prefix: str, digest: str) -> str:
     """The object key of an entry under a bucket prefix (fanned out like the local blobs)."""
     return f"{prefix.strip('/')}/{digest[:2]}/{digest}{ENTRY_SUFFIX}"
@@ -53,13 +59,27 @@ def model_scope(identities: Mapping[str, str]) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def encode(value: Any, is_tensor: Callable[[Any], bool]) -> tuple[Any, list[Any]]:
-    """(JSON skeleton, tensors in order) of ``value``; raises :class:`Unsupported`."""
+#: ``refs(tensor)``: the (entry digest, tensor name) of another entry holding this very tensor, or None
+Refs = Callable[[Any], "tuple[str, str] | None"]
+#: ``resolve(digest, name)``: that tensor of that entry; raises :class:`MissingReference` when gone
+Resolve = Callable[[str, str], Any]
+
+
+class MissingReference(LookupError):
+    """An entry refers to a tensor of another entry that is not (or no longer) there: a miss."""
+
+
+def encode(value: Any, is_tensor: Callable[[Any], bool], refs: Refs | None = None) -> tuple[Any, list[Any]]:
+    """(JSON skeleton, tensors in order) of ``value``; raises :class:`Unsupported`. A tensor that
+    ``refs`` knows is stored as a reference to the entry holding it, not copied."""
     tensors: list[Any] = []
     seen: dict[int, str] = {}
 
     def enc(obj: Any) -> Any:
         if is_tensor(obj):
+            ref = refs(obj) if refs is not None else None
+            if ref is not None:
+                return {"r": [ref[0], ref[1]]}
             name = seen.get(id(obj))
             if name is None:
                 name = seen[id(obj)] = f"t{len(tensors)}"
@@ -86,8 +106,8 @@ def encode(value: Any, is_tensor: Callable[[Any], bool]) -> tuple[Any, list[Any]
     return enc(value), tensors
 
 
-def decode(skeleton: Any, tensors: Mapping[str, Any]) -> Any:
-    """The value :func:`encode` described (tensors looked up by name)."""
+def decode(skeleton: Any, tensors: Mapping[str, Any], resolve: Resolve | None = None) -> Any:
+    """The value :func:`encode` described (tensors looked up by name, references by ``resolve``)."""
     if not isinstance(skeleton, dict) or len(skeleton) != 1:
         raise ValueError("not a generation cache skeleton")
     ((kind, body),) = skeleton.items()
@@ -95,26 +115,32 @@ def decode(skeleton: Any, tensors: Mapping[str, Any]) -> Any:
         return tensors[body]
     if kind == "v":
         return body
+    if kind == "r":
+        if resolve is None or not (isinstance(body, list) and len(body) == 2):
+            raise ValueError("a reference to another entry where none may be")
+        return resolve(str(body[0]), str(body[1]))
     if kind == "l":
-        return [decode(x, tensors) for x in body]
+        return [decode(x, tensors, resolve) for x in body]
     if kind == "u":
-        return tuple(decode(x, tensors) for x in body)
+        return tuple(decode(x, tensors, resolve) for x in body)
     if kind == "d":
-        return {k: decode(v, tensors) for k, v in body.items()}
+        return {k: decode(v, tensors, resolve) for k, v in body.items()}
     raise ValueError(f"unknown skeleton kind {kind!r}")
 
 
-def skeleton_text(outputs: Any, ui: Any, is_tensor: Callable[[Any], bool]) -> tuple[str, list[Any]]:
+def skeleton_text(
+    outputs: Any, ui: Any, is_tensor: Callable[[Any], bool], refs: Refs | None = None
+) -> tuple[str, list[Any]]:
     """The metadata text and tensors of one entry (outputs and the node's ui)."""
-    skeleton, tensors = encode({"outputs": outputs, "ui": ui}, is_tensor)
+    skeleton, tensors = encode({"outputs": outputs, "ui": ui}, is_tensor, refs)
     return json.dumps({"format": FORMAT, "value": skeleton}, separators=(",", ":")), tensors
 
 
-def read_skeleton(text: str, tensors: Mapping[str, Any]) -> tuple[Any, Any]:
+def read_skeleton(text: str, tensors: Mapping[str, Any], resolve: Resolve | None = None) -> tuple[Any, Any]:
     data = json.loads(text)
     if data.get("format") != FORMAT:
         raise ValueError(f"generation cache format {data.get('format')!r}, expected {FORMAT}")
-    value = decode(data["value"], tensors)
+    value = decode(data["value"], tensors, resolve)
     return value["outputs"], value["ui"]
 
 
@@ -149,6 +175,8 @@ class GenerationStats:
     #: and a memo read per model file the prompt names)
     prompts: int = 0
     scope_us: int = 0
+    #: prompts that asked to bypass the cache (``extra_data``)
+    bypassed: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count(self, class_type: str, **deltas: int) -> None:
@@ -167,6 +195,10 @@ class GenerationStats:
             self.prompts += 1
             self.scope_us += scope_us
 
+    def count_bypass(self) -> None:
+        with self._lock:
+            self.bypassed += 1
+
     def count_bucket(self, name: str) -> None:
         """One more of a bucket count (a name of :data:`BUCKET_COUNTS`)."""
         with self._lock:
@@ -179,6 +211,7 @@ class GenerationStats:
                 "errors": self.errors,
                 "prompts": self.prompts,
                 "scope_us": self.scope_us,
+                "bypassed": self.bypassed,
                 **self.bucket,
             }
 

@@ -102,6 +102,15 @@ class ModelCache:
         """The published file for ``key``, or None. Counts nothing and touches nothing."""
         return self.blob_path(key) if self._last_used(key) is not None else None
 
+    def use(self, key: CacheKey) -> Path | None:
+        """Like :meth:`lookup`, but a use: counted as a hit, and the entry's LRU clock refreshed
+        (at most once a minute), so entries read often are the last evicted."""
+        used = self._last_used(key)
+        if used is None:
+            return None
+        self._hit(key, used)
+        return self.blob_path(key)
+
     def _last_used(self, key: CacheKey) -> float | None:
         try:
             used = self._meta_path(key.digest).stat().st_mtime

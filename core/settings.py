@@ -72,7 +72,8 @@ ENV_VARS: Mapping[str, str] = {
     "else <ComfyUI user dir>/podkit/presets.yaml)",
     "PODKIT_METRICS_RETENTION_DAYS": "days of generation records kept in the state database (default 30)",
     "PODKIT_DECODE_RAM_CACHE": "bytes of decoded images the Cached Tiled VAE Decode keeps in RAM (1G)",
-    "PODKIT_DECODE_DISK_CACHE": "1 = also keep decoded images in the model cache on disk (default off)",
+    "PODKIT_DECODE_DISK_CACHE": "1 = also keep decoded images in the model cache on disk (default off; "
+    "with the generation cache on, they go there instead)",
     "PODKIT_GENERATION_CACHE": "1/0: share node outputs between pods and restarts through ComfyUI's cache "
     "provider API (ComfyUI 0.33+; default on when a network volume is present)",
     "PODKIT_GENERATION_CACHE_MAX_BYTES": "size cap of the generation cache, e.g. 20G (default 20G)",

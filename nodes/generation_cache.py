@@ -6,7 +6,8 @@ Feature-detected: on a host without ``Caching.CacheProvider`` nothing is registe
 prompt's loop) publishes the outputs. Entries are scoped per prompt by the sha256 of every model
 file the prompt names (computed once per file and volume). Output nodes, nodes marked
 ``NOT_IDEMPOTENT`` and outputs that cannot be stored exactly (MODEL, CLIP, VAE objects, …) are
-never served from it.
+never served from it. A prompt whose ``extra_data`` holds ``"podkit_generation_cache": false``
+neither reads nor writes it (computed afresh; what a bench compares against).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from ..backends.gencache_store import FileIdentities, GenerationStore
 from ..core.gencache import Unsupported, entry_digest, model_scope
 
 logger = logging.getLogger(__name__)
+#: ``extra_data`` key of a prompt: false = this prompt bypasses the generation cache
+BYPASS_KEY = "podkit_generation_cache"
 #: folder_paths kinds whose files decide what a node computes
 MODEL_FOLDERS = (
     "checkpoints", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision", "controlnet",
@@ -64,7 +67,7 @@ def cacheable(class_type: str) -> bool:
     return not (cls is None or getattr(cls, "OUTPUT_NODE", False) or getattr(cls, "NOT_IDEMPOTENT", False))
 
 
-def make_provider(store: GenerationStore, identities: FileIdentities, graph_of: Any) -> Any:
+def make_provider(store: GenerationStore, identities: FileIdentities, prompt_of: Any) -> Any:
     """A ``Caching.CacheProvider`` subclass instance (built here: its base exists on new hosts only)."""
     from comfy_api.latest import Caching
 
@@ -81,7 +84,11 @@ def make_provider(store: GenerationStore, identities: FileIdentities, graph_of: 
         def on_prompt_start(self, prompt_id: str) -> None:
             self._missed.clear()
             started = time.perf_counter()
-            graph = graph_of(prompt_id)
+            found = prompt_of(prompt_id)
+            graph, extra = found if found is not None else (None, {})
+            if extra.get(BYPASS_KEY) is False:
+                store.stats.count_bypass()
+                graph = None
             try:
                 self.scope = scope_of(graph, identities) if graph is not None else None
             except Exception as e:  # an unreadable model file: no cache for this prompt
@@ -157,7 +164,7 @@ def make_provider(store: GenerationStore, identities: FileIdentities, graph_of: 
     return PodKitCacheProvider()
 
 
-async def register(store: GenerationStore, identities: FileIdentities, graph_of: Any) -> bool:
+async def register(store: GenerationStore, identities: FileIdentities, prompt_of: Any) -> bool:
     """Register the provider when the host has the API; True when it did."""
     try:
         from comfy_api.latest import Caching
@@ -165,5 +172,5 @@ async def register(store: GenerationStore, identities: FileIdentities, graph_of:
         return False
     if not hasattr(Caching, "CacheProvider"):
         return False
-    await Caching().register_provider(make_provider(store, identities, graph_of))
+    await Caching().register_provider(make_provider(store, identities, prompt_of))
     return True

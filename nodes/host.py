@@ -97,6 +97,7 @@ async def attach_generation_cache(svc: Services) -> None:
     """Register the generation cache with ComfyUI's cache-provider API when the host has it."""
     import dataclasses
 
+    from ..backends.decode_tiers import attach as attach_decode_tier
     from ..backends.gencache_store import FileIdentities
     from ..core.host import HostFeature
     from .generation_cache import register
@@ -107,10 +108,14 @@ async def attach_generation_cache(svc: Services) -> None:
     from server import PromptServer
 
     identities = FileIdentities(svc.settings.cache_dir / "identities")
-    if await register(svc.generation, identities, _running_graph(PromptServer.instance)):
-        features = {**svc.host.features, "cache_provider": HostFeature(present=True, used=True)}
-        svc.host = dataclasses.replace(svc.host, features=features)
-        logger.info("PodKit: generation cache on (%s)", svc.generation.cache.root)
+    if not await register(svc.generation, identities, _running_prompt(PromptServer.instance)):
+        return
+    features = {**svc.host.features, "cache_provider": HostFeature(present=True, used=True)}
+    svc.host = dataclasses.replace(svc.host, features=features)
+    # the decode node's cache keeps its images in the generation cache (one store, cap and mirror),
+    # and the provider's entry for a decode refers to that image instead of storing it twice
+    svc.generation.refs = attach_decode_tier(svc.decode_cache, svc.generation)
+    logger.info("PodKit: generation cache on (%s)", svc.generation.cache.root)
 
 
 def register_model_folders(svc: Services) -> list[str]:
@@ -171,15 +176,19 @@ class CudaRssProbe(RssProbe):
         return int(torch.cuda.max_memory_allocated(device)), total, ram
 
 
-def _running_graph(server: Any) -> Callable[[str], Mapping[str, Any] | None]:
-    def graph(prompt_id: str) -> Mapping[str, Any] | None:
+def _running_prompt(server: Any) -> Callable[[str], tuple[Mapping[str, Any], Mapping[str, Any]] | None]:
+    """``prompt_of(prompt_id)``: (graph, extra_data) of the running prompt, from ComfyUI's queue
+    (items are ``(number, prompt_id, prompt, extra_data, outputs, ...)``)."""
+
+    def prompt_of(prompt_id: str) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
         running, _queued = server.prompt_queue.get_current_queue_volatile()
         for item in running:
             if len(item) > 2 and item[1] == prompt_id and isinstance(item[2], Mapping):
-                return item[2]
+                extra = item[3] if len(item) > 3 and isinstance(item[3], Mapping) else {}
+                return item[2], extra
         return None
 
-    return graph
+    return prompt_of
 
 
 def attach_monitor(monitor: Monitor, on_event: Callable[[], None] | None = None) -> None:
@@ -198,7 +207,13 @@ def attach_monitor(monitor: Monitor, on_event: Callable[[], None] | None = None)
     if getattr(original, "_podkit_monitor", False):
         return
     monitor.probe = CudaRssProbe()
-    monitor.set_graphs(_running_graph(server))
+    prompt_of = _running_prompt(server)
+
+    def graph_of(prompt_id: str) -> Mapping[str, Any] | None:
+        found = prompt_of(prompt_id)
+        return found[0] if found is not None else None
+
+    monitor.set_graphs(graph_of)
 
     def send_sync(event: Any, data: Any, sid: Any = None) -> None:
         if isinstance(event, str) and event in MONITORED_EVENTS:

@@ -16,6 +16,7 @@ from ldm_vae import TinyVAE, randomize
 from torch import nn
 
 from podkit.backends import tiled_vae
+from podkit.backends.decode_tiers import model_cache_tier
 from podkit.backends.tiled_vae import DecodeMemoryError, LdmDecoder, Plan, TiledDecoder, UnsupportedVAE, psnr
 from podkit.backends.vae_decode import DecodeHost, cached_decode, vae_fingerprint, weights_fingerprint
 from podkit.backends.vae_stream import strip_ranges
@@ -274,8 +275,10 @@ def test_a_different_vae_is_a_miss(vae: TinyVAE) -> None:
 def test_disk_tier_survives_a_new_process_cache(vae: TinyVAE, tmp_path: Path) -> None:
     models = ModelCache(tmp_path / "cache", max_bytes=2**30)
     z = latent(16, 8, seed=10)
-    image, _ = cached_decode(vae, z, Host(vae).host(), cache=DecodeCache(2**30, models))
-    fresh: DecodeCache[torch.Tensor] = DecodeCache(2**30, ModelCache(tmp_path / "cache", max_bytes=2**30))
+    image, _ = cached_decode(vae, z, Host(vae).host(), cache=DecodeCache(2**30, model_cache_tier(models)))
+    fresh: DecodeCache[torch.Tensor] = DecodeCache(
+        2**30, model_cache_tier(ModelCache(tmp_path / "cache", max_bytes=2**30))
+    )
     calls = count_forwards(vae.first_stage_model.post_quant_conv)
     again, info = cached_decode(vae, z, Host(vae).host(), cache=fresh)
     assert info.cache == "disk" and not calls and torch.equal(image, again)
@@ -287,10 +290,10 @@ def test_disk_tier_survives_a_new_process_cache(vae: TinyVAE, tmp_path: Path) ->
 def test_corrupt_disk_blob_is_a_miss_not_an_error(vae: TinyVAE, tmp_path: Path) -> None:
     models = ModelCache(tmp_path / "cache", max_bytes=2**30)
     z = latent(8, 8, seed=11)
-    cached_decode(vae, z, Host(vae).host(), cache=DecodeCache(2**30, models))
+    cached_decode(vae, z, Host(vae).host(), cache=DecodeCache(2**30, model_cache_tier(models)))
     (blob,) = (tmp_path / "cache" / "blobs").rglob("*.npy")
     blob.write_bytes(b"not an array")
-    fresh: DecodeCache[torch.Tensor] = DecodeCache(2**30, models)
+    fresh: DecodeCache[torch.Tensor] = DecodeCache(2**30, model_cache_tier(models))
     image, info = cached_decode(vae, z, Host(vae).host(), cache=fresh)
     assert info.cache == "miss" and image.shape == (1, 64, 64, 3)
     assert fresh.stats().disk_errors == 1
@@ -304,7 +307,11 @@ def test_weights_fingerprint_is_stable_and_tracks_weights() -> None:
     c = TinyVAE(ch=32, seed=1)
     c.first_stage_model.load_state_dict(b.first_stage_model.state_dict())
     assert weights_fingerprint(c.first_stage_model) != weights_fingerprint(a.first_stage_model)
-    c.patcher = type("P", (), {"patches_uuid": "u1"})()  # a LoRA patched onto the VAE
+    # every ComfyUI patcher has a random uuid: without patches it is not part of the key, so
+    # another process with the same VAE file shares the entry
+    c.patcher = type("P", (), {"patches_uuid": "u1", "patches": {}})()
+    assert vae_fingerprint(c) == weights_fingerprint(c.first_stage_model)
+    c.patcher.patches = {"decoder.conv_out.weight": ["lora"]}  # a LoRA patched onto the VAE
     assert vae_fingerprint(c).endswith("+u1")
 
 

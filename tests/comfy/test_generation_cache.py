@@ -221,3 +221,68 @@ def test_overwriting_the_lora_object_invalidates_its_results(
         assert time.monotonic() < deadline, generation(a)["totals"]
         time.sleep(0.2)
     assert generation(a)["totals"]["bucket_errors"] == 0
+
+
+def decode_prompt(seed: int, tile_size: int) -> dict[str, Any]:
+    """txt2img whose image goes through PodKit's decode node (tile_size: its band height, which
+    changes ComfyUI's cache key of the node but not the pixels, nor the decode cache's key)."""
+    p = wf.txt2img(CHECKPOINT, seed=seed, steps=2)
+    p["20"] = wf.node("PodKitTiledVAEDecode", samples=wf.link(wf.Ids.SAMPLER), vae=wf.link(wf.Ids.CKPT, 2),
+                      tile_size=tile_size, overlap=64, use_cache=True)  # fmt: skip
+    p[wf.Ids.SAVE] = wf.node("SaveImage", images=wf.link("20"), filename_prefix="gencache_decode")
+    del p[wf.Ids.DECODE]
+    return p
+
+
+def decode_stats(server: Any) -> dict[str, Any]:
+    return server.client.get_json("/podkit/cache/stats")["decode"]  # type: ignore[no-any-return]
+
+
+def test_the_decode_node_keeps_its_images_in_the_generation_cache(
+    request: pytest.FixtureRequest, comfy_install: Any, comfy_server: Any
+) -> None:
+    pods = the_pods(request, comfy_install, comfy_server)
+    if pods is None:
+        return
+    a, b = pods
+    assert decode_stats(a)["disk_tier"] == "generation cache"
+    stored = stores_of(a, "PodKitTiledVAEDecode")
+    first = run_ok(a, decode_prompt(seed=13, tile_size=0))
+    assert "20" in first.executed_nodes()
+    nodes = wait_for_stores(a, {"PodKitTiledVAEDecode": stored + 1})
+    # the provider's entry for the node refers to the image the decode cache keeps: one copy
+    image_bytes = 64 * 64 * 3 * 4
+    assert nodes["PodKitTiledVAEDecode"]["bytes_stored"] < 4096 < image_bytes, nodes["PodKitTiledVAEDecode"]
+
+    # the same prompt on the other pod: the decode is served (through the reference), pixels equal
+    same = run_ok(b, decode_prompt(seed=13, tile_size=0))
+    assert {wf.Ids.SAMPLER, "20"} <= set(same.cached_nodes()), same.cached_nodes()
+    assert np.array_equal(pixels(first), pixels(same))
+
+    # another graph decoding the same latent (ComfyUI's key differs): the decode cache's entry
+    before = decode_stats(b)
+    other = run_ok(b, decode_prompt(seed=13, tile_size=64))
+    assert "20" in other.executed_nodes() and wf.Ids.SAMPLER in other.cached_nodes()
+    after = decode_stats(b)
+    assert after["disk_hits"] == before["disk_hits"] + 1 and after["misses"] == before["misses"], after
+    assert np.array_equal(pixels(first), pixels(other))
+
+
+def test_a_prompt_can_bypass_the_cache(
+    request: pytest.FixtureRequest, comfy_install: Any, comfy_server: Any
+) -> None:
+    pods = the_pods(request, comfy_install, comfy_server)
+    if pods is None:
+        return
+    a, b = pods
+    before = generation(a)["totals"]
+    prompt = wf.txt2img(CHECKPOINT, seed=14, steps=2, positive="bypassed")
+    fresh = a.client.run_workflow(prompt, timeout=600, extra_data={"podkit_generation_cache": False})
+    assert fresh.ok, fresh.describe()
+    assert wf.Ids.SAMPLER in fresh.executed_nodes()
+    after = generation(a)["totals"]
+    assert after["bypassed"] == before["bypassed"] + 1
+    assert (after["hits"], after["misses"]) == (before["hits"], before["misses"])  # no lookups
+    # nothing was stored: the other pod computes the prompt too, to the same pixels
+    again = run_ok(b, prompt)
+    assert wf.Ids.SAMPLER in again.executed_nodes() and np.array_equal(pixels(fresh), pixels(again))

@@ -9,6 +9,7 @@ from podkit.core.gencache import (
     GenerationStats,
     Unsupported,
     decode,
+    decode_digest,
     encode,
     entry_digest,
     mirror_key,
@@ -47,6 +48,29 @@ def test_outputs_and_ui_through_the_metadata_text() -> None:
     assert outputs == [[t]] and ui == {"text": ["hi"]}
 
 
+def test_a_known_tensor_is_stored_as_a_reference_to_its_entry() -> None:
+    image, other = FakeTensor(), FakeTensor()
+    held = {id(image): ("d" * 64, "t0")}
+    text, tensors = skeleton_text([[image, other]], None, is_tensor, lambda t: held.get(id(t)))
+    assert tensors == [other]  # the image is not copied
+    seen: list[tuple[str, str]] = []
+
+    def resolve(digest: str, name: str) -> object:
+        seen.append((digest, name))
+        return image
+
+    outputs, _ = read_skeleton(text, {"t0": other}, resolve)
+    assert outputs == [[image, other]] and seen == [("d" * 64, "t0")]
+    with pytest.raises(ValueError, match="reference"):  # a reader that does not expect references
+        read_skeleton(text, {"t0": other})
+
+
+def test_decode_entries_have_their_own_digests() -> None:
+    key = "a" * 64
+    assert decode_digest(key) != decode_digest("b" * 64)
+    assert decode_digest(key) != entry_digest(key, model_scope({}))
+
+
 @pytest.mark.parametrize("value", [object(), {1: "x"}, float("nan"), {"m": lambda: 0}, {1.5}])
 def test_anything_but_data_is_refused(value: object) -> None:
     with pytest.raises(Unsupported):
@@ -77,7 +101,9 @@ def test_prompt_starts_join_the_totals() -> None:
     stats.count_prompt(1200)
     stats.count_prompt(800)
     totals = stats.to_wire()["totals"]
-    assert (totals["prompts"], totals["scope_us"]) == (2, 2000)
+    assert (totals["prompts"], totals["scope_us"], totals["bypassed"]) == (2, 2000, 0)
+    stats.count_bypass()
+    assert stats.totals()["bypassed"] == 1
 
 
 def test_bucket_counts_join_the_totals() -> None:

@@ -102,6 +102,20 @@ def test_lru_eviction_respects_leases_and_pins(tmp_path: Path) -> None:
     assert cache.lookup(keys[0]) is None  # it was evicted by the execute above
 
 
+def test_use_is_a_hit_that_keeps_an_entry_from_eviction(tmp_path: Path) -> None:
+    cache = ModelCache(tmp_path, max_bytes=10**6)
+    old, new = (CacheKey.for_source("s", f"v{i}") for i in range(2))
+    for i, k in enumerate((old, new)):
+        cache.ensure(k, writer(b"x" * 100))
+        os.utime(cache._meta_path(k.digest), (1000 + i, 1000 + i))
+    assert cache.lookup(old) is not None  # a lookup touches nothing: `old` is still the LRU entry
+    assert [e.digest for e in cache.plan_eviction(150).entries] == [old.digest]
+    hits = cache.stats().hits
+    assert cache.use(old) == cache.blob_path(old) and cache.stats().hits == hits + 1
+    assert [e.digest for e in cache.plan_eviction(150).entries] == [new.digest]
+    assert cache.use(CacheKey.for_source("s", "absent")) is None
+
+
 def test_dry_run_plan_has_no_side_effects(tmp_path: Path) -> None:
     cache = ModelCache(tmp_path, max_bytes=10**6)
     for i in range(3):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from podkit.core.decode_cache import DecodeCache, decode_key
+from podkit.core.decode_cache import RECENT_OUTPUTS, DecodeCache, ModelCacheTier, decode_key
 from podkit.core.errors import InvalidRequest
 from podkit.core.model_cache import ModelCache
 from podkit.core.tiling import (
@@ -177,40 +177,72 @@ def test_ram_tier_hits_misses_and_byte_bound() -> None:
         cache.get("../../etc/passwd")
 
 
-def load_bytes(path: Path) -> tuple[bytes, int]:
+def read_blob(path: Path) -> tuple[bytes, int]:
     data = path.read_bytes()
     if not data.startswith(b"IMG"):
         raise ValueError("not an image blob")
     return data, len(data)
 
 
+def blob_tier(models: ModelCache) -> ModelCacheTier[bytes]:
+    return ModelCacheTier(models, read_blob, lambda value, path: path.write_bytes(value), suffix=".bin")
+
+
 def test_disk_tier_is_shared_through_the_model_cache(tmp_path: Path) -> None:
     models = ModelCache(tmp_path, max_bytes=MiB)
-    writer: DecodeCache[bytes] = DecodeCache(MiB, models)
-    writer.put(key(1), b"IMG1", 4, lambda p: p.write_bytes(b"IMG1"))
-    reader: DecodeCache[bytes] = DecodeCache(MiB, ModelCache(tmp_path, max_bytes=MiB))  # another process
-    assert reader.get(key(1), load_bytes) == (b"IMG1", "disk")
-    assert reader.get(key(1), load_bytes) == (b"IMG1", "ram")
-    assert reader.get(key(2), load_bytes) is None
+    writer: DecodeCache[bytes] = DecodeCache(MiB, blob_tier(models))
+    writer.put(key(1), b"IMG1", 4)
+    reader: DecodeCache[bytes] = DecodeCache(
+        MiB, blob_tier(ModelCache(tmp_path, max_bytes=MiB))
+    )  # another process
+    assert reader.get(key(1)) == (b"IMG1", "disk")
+    assert reader.get(key(1)) == (b"IMG1", "ram")
+    assert reader.get(key(2)) is None
     s = reader.stats()
-    assert (s.disk_hits, s.ram_hits, s.misses, s.disk_enabled) == (1, 1, 1, True)
+    assert (s.disk_hits, s.ram_hits, s.misses, s.disk_enabled, s.disk_tier) == (1, 1, 1, True, "model cache")
     (entry,) = models.entries()
-    assert entry.source.startswith("podkit-decode:") and entry.path.suffix == ".npy"
+    assert entry.source.startswith("podkit-decode:") and entry.path.suffix == ".bin"
 
 
 def test_disk_failures_never_fail_the_decode(tmp_path: Path) -> None:
     models = ModelCache(tmp_path, max_bytes=MiB)
-    cache: DecodeCache[bytes] = DecodeCache(MiB, models)
 
-    def broken(path: Path) -> None:
+    def broken(value: bytes, path: Path) -> None:
         raise OSError("disk full")
 
-    cache.put(key(1), b"IMG1", 4, broken)  # logged and counted, not raised
+    cache: DecodeCache[bytes] = DecodeCache(MiB, ModelCacheTier(models, read_blob, broken))
+    cache.put(key(1), b"IMG1", 4)  # logged and counted, not raised
     assert cache.stats().disk_errors == 1 and not models.entries()
-    cache.put(key(2), b"XXXX", 4, lambda p: p.write_bytes(b"XXXX"))
-    fresh: DecodeCache[bytes] = DecodeCache(MiB, models)
-    assert fresh.get(key(2), load_bytes) is None  # unreadable blob: a miss
+    blob_tier(models).save(key(2), b"XXXX")
+    fresh: DecodeCache[bytes] = DecodeCache(MiB, blob_tier(models))
+    assert fresh.get(key(2)) is None  # unreadable blob: a miss
     assert fresh.stats().disk_errors == 1 and fresh.stats().misses == 1
+
+
+def test_use_disk_switches_the_tier_and_keeps_ram(tmp_path: Path) -> None:
+    cache: DecodeCache[bytes] = DecodeCache(MiB)
+    cache.put(key(1), b"IMG1", 4)
+    models = ModelCache(tmp_path, max_bytes=MiB)
+    cache.use_disk(blob_tier(models))
+    assert cache.get(key(1)) == (b"IMG1", "ram") and cache.stats().disk_tier == "model cache"
+    cache.put(key(2), b"IMG2", 4)
+    assert len(models.entries()) == 1
+
+
+def test_outputs_are_known_by_identity_while_they_live() -> None:
+    cache: DecodeCache[bytes] = DecodeCache(MiB)
+
+    class Image:  # a stand-in for the tensor a decode returned (weak-referenceable)
+        pass
+
+    first, twin = Image(), Image()
+    cache.note_output(first, key(1))
+    assert cache.key_of(first) == key(1) and cache.key_of(twin) is None
+    kept = [Image() for _ in range(RECENT_OUTPUTS + 3)]
+    for n, image in enumerate(kept):
+        cache.note_output(image, key(n + 2))
+    assert cache.key_of(first) is None  # only the last few decodes are remembered
+    assert cache.key_of(kept[-1]) == key(len(kept) + 1)
 
 
 def test_decode_cache_settings(tmp_path: Path) -> None:

@@ -46,6 +46,12 @@ function decodeStats(d) {
   };
 }
 
+/** Where decoded images outlive the process: the model cache, the generation cache (0.33+), or nowhere. */
+function decodeDiskTier(d) {
+  if (!d.disk_enabled) return "off";
+  return `${d.disk_tier || "on"} (${d.disk_hits ?? 0} hits)`;
+}
+
 /** The generation cache (ComfyUI 0.33+): its size and hits, the node types it served most; or why it is off. */
 function generationBlock(g) {
   if (!g) return null;
@@ -224,7 +230,7 @@ export function cacheSection(controller) {
             cacheBlock(
               "VAE decode cache",
               decodeStats(s.decode),
-              s.decode ? [["Disk tier", s.decode.disk_enabled ? `on (${s.decode.disk_hits ?? 0} hits)` : "off"]] : [],
+              s.decode ? [["Disk tier", decodeDiskTier(s.decode)]] : [],
             ),
             generationBlock(s.generation),
           ].filter(Boolean),
