@@ -22,6 +22,7 @@ from ..core.download_job import ACTIVE as DOWNLOAD_ACTIVE
 from ..core.download_job import DownloadJobs
 from ..core.events import Notifier, NullNotifier
 from ..core.idle import Activity, IdlePolicy, IdleState, evaluate
+from ..core.outbox import ACTIVE as UPLOAD_ACTIVE
 from ..core.outbox import OutboxQueue
 from ..core.training import ACTIVE_STATUSES as TRAINING_ACTIVE
 from ..core.training import TrainingJobs
@@ -50,7 +51,7 @@ class ActivityProbe:
             if self.downloads
             else 0,
             trainings=len(self.training.list_jobs(statuses=TRAINING_ACTIVE)) if self.training else 0,
-            uploads=sum(counts.get(s, 0) for s in ("spooling", "pending", "uploading")),
+            uploads=sum(counts.get(s.value, 0) for s in UPLOAD_ACTIVE),
         )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..core.errors import PodKitError
 from ..core.objects import ObjectStore
+from ..core.outbox import ACTIVE as UPLOAD_ACTIVE
 from ..core.outbox import OutboxQueue
 from ..core.pod_settings import PodSettings
 
@@ -171,7 +172,7 @@ class HealthChecker:
         return Check("disk", True, "enough free space")
 
     def _outbox(self) -> Check:
-        waiting = self.outbox.list(("spooling", "pending", "uploading"), 10_000)
+        waiting = self.outbox.list(UPLOAD_ACTIVE, 10_000)
         if not waiting:
             return Check("outbox", True, "nothing waiting")
         oldest = min(i.created for i in waiting)

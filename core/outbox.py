@@ -15,7 +15,7 @@ from typing import Protocol
 from .objects import ObjectRef
 from .retry import Backoff
 
-__all__ = ["STATUSES", "Backoff", "OutboxItem", "OutboxQueue", "OutboxRepo", "UploadStatus"]
+__all__ = ["STATUSES", "ACTIVE", "Backoff", "OutboxItem", "OutboxQueue", "OutboxRepo", "UploadStatus"]
 
 
 class UploadStatus(str, Enum):
@@ -29,6 +29,8 @@ class UploadStatus(str, Enum):
 
 
 STATUSES = tuple(s.value for s in UploadStatus)
+#: an upload that has not finished yet (the idle stop, the health check and a job's outputs wait for it)
+ACTIVE = (UploadStatus.SPOOLING, UploadStatus.PENDING, UploadStatus.UPLOADING)
 
 
 @dataclass(frozen=True)

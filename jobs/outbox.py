@@ -32,7 +32,7 @@ from ..core.errors import InvalidRequest, PodKitError
 from ..core.events import Notifier, NullNotifier
 from ..core.fsutil import sha256_file
 from ..core.objects import ObjectRef, ObjectStore
-from ..core.outbox import STATUSES, OutboxItem, OutboxRepo
+from ..core.outbox import ACTIVE, STATUSES, OutboxItem, OutboxRepo, UploadStatus
 from .kit import Backoff, retryable
 from .outbox_store import SqliteOutboxRepo
 
@@ -94,18 +94,25 @@ class Outbox:
         for item in self.repo.list(None, 10**9):
             path = Path(item.spool_path)
             known.add(path.name)
-            if item.status in ("spooling", "uploading", "pending", "failed"):
+            if item.status != UploadStatus.DONE:
                 if not path.is_file():
-                    if item.status == "spooling":
+                    if item.status == UploadStatus.SPOOLING:
                         self.repo.delete(item.id)  # the node never returned: nothing was promised
                     else:
                         logger.error("outbox item %s lost its spool file %s", item.id, path)
                         self.repo.update(
-                            replace(item, status="failed", last_error="spool file missing", updated=now)
+                            replace(
+                                item,
+                                status=UploadStatus.FAILED.value,
+                                last_error="spool file missing",
+                                updated=now,
+                            )
                         )
                     continue
-                if item.status != "pending" or item.next_attempt > now:
-                    self.repo.update(replace(item, status="pending", next_attempt=now, updated=now))
+                if item.status != UploadStatus.PENDING or item.next_attempt > now:
+                    self.repo.update(
+                        replace(item, status=UploadStatus.PENDING.value, next_attempt=now, updated=now)
+                    )
         for p in self.spool_dir.iterdir():
             if p.name not in known and (p.name.endswith(".tmp") or p.suffix in (".png", ".bin", ".json")):
                 p.unlink(missing_ok=True)  # half-written spool files of a crashed process
@@ -175,7 +182,7 @@ class Outbox:
             content_type=content_type,
             size=size,
             sha256=sha256,
-            status="spooling",
+            status=UploadStatus.SPOOLING.value,
             attempts=0,
             next_attempt=now,
             last_error=None,
@@ -193,7 +200,7 @@ class Outbox:
             tmp.unlink(missing_ok=True)
             self.repo.delete(item_id)
             raise
-        item = replace(item, status="pending")
+        item = replace(item, status=UploadStatus.PENDING.value)
         self.repo.update(item)
         self.notifier.emit("podkit.upload", item.to_wire())
         with self._wake:
@@ -210,6 +217,8 @@ class Outbox:
         if item is None or not self.repo.withdraw(item_id):
             return False
         Path(item.spool_path).unlink(missing_ok=True)
+        # the row is gone: the event says so (the panel drops it from its list and its counts)
+        self.notifier.emit("podkit.upload", {**item.to_wire(), "removed": True})
         return True
 
     def observe(self, observer: Callable[[OutboxItem], object]) -> None:
@@ -270,7 +279,7 @@ class Outbox:
             permanent = not retryable(e)
             if not isinstance(e, PodKitError):
                 logger.exception("outbox: unexpected error uploading %s", item.ref)
-            status = "failed" if permanent else "pending"
+            status = UploadStatus.FAILED.value if permanent else UploadStatus.PENDING.value
             delay = self.backoff.delay(attempts)
             updated = replace(
                 item,
@@ -291,7 +300,12 @@ class Outbox:
             self._announce(updated)
             return
         done = replace(
-            item, status="done", attempts=attempts, etag=meta.etag, last_error=None, updated=time.time()
+            item,
+            status=UploadStatus.DONE.value,
+            attempts=attempts,
+            etag=meta.etag,
+            last_error=None,
+            updated=time.time(),
         )
         self.repo.update(done)
         path.unlink(missing_ok=True)
@@ -318,12 +332,14 @@ class Outbox:
         items = (
             [i for i in (self.repo.get(x) for x in ids) if i is not None]
             if ids is not None
-            else self.repo.list(("failed", "pending"), 10**9)
+            else self.repo.list((UploadStatus.FAILED, UploadStatus.PENDING), 10**9)
         )
         n = 0
         for item in items:
-            if item.status in ("failed", "pending"):
-                self.repo.update(replace(item, status="pending", next_attempt=now, updated=now))
+            if item.status in (UploadStatus.FAILED, UploadStatus.PENDING):
+                self.repo.update(
+                    replace(item, status=UploadStatus.PENDING.value, next_attempt=now, updated=now)
+                )
                 n += 1
         with self._wake:
             self._wake.notify_all()
@@ -336,7 +352,7 @@ class Outbox:
             c = self.repo.counts()
             with self._wake:
                 busy = self._busy
-            if not (c.get("pending", 0) or c.get("uploading", 0) or c.get("spooling", 0) or busy):
+            if not (any(c.get(s.value, 0) for s in ACTIVE) or busy):
                 return True
             with self._wake:
                 self._wake.notify_all()

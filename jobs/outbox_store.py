@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from ..backends.state_db import StateDB
-from ..core.outbox import OutboxItem
+from ..core.outbox import OutboxItem, UploadStatus
 
 OUTBOX_MIGRATIONS: dict[int, str] = {
     1: """
@@ -133,7 +133,7 @@ class SqliteOutboxRepo:
             items = [_row(r) for r in rows]
             for i in items:
                 c.execute("UPDATE outbox SET status='uploading', updated=? WHERE id=?", (now, i.id))
-        return [replace(i, status="uploading", updated=now) for i in items]
+        return [replace(i, status=UploadStatus.UPLOADING.value, updated=now) for i in items]
 
     def list(self, statuses: Sequence[str] | None, limit: int) -> list[OutboxItem]:
         if statuses:

@@ -22,13 +22,13 @@ from typing import Any
 
 from ..core.errors import ObjectNotFound, PodKitError
 from ..core.objects import ObjectRef
+from ..core.outbox import ACTIVE as UPLOAD_ACTIVE
 from ..core.outbox import OutboxItem
 from ..core.saving import OutputSaver
 from ..core.worker_jobs import content_type_of, output_key, output_kind
 from ..jobs.outbox import Outbox
 
 logger = logging.getLogger(__name__)
-WAITING = ("spooling", "pending", "uploading")
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ class OutputDeliverer:
         self, job_id: str, prompt_id: str, files: list[ProducedFile], keep_bytes: bool
     ) -> list[Delivery]:
         """Queue every file for upload (unless its key is already there or queued); removes the files."""
-        queued = {(i.bucket, i.key): i for i in self.outbox.list(WAITING, 10**6)}
+        queued = {(i.bucket, i.key): i for i in self.outbox.list(UPLOAD_ACTIVE, 10**6)}
         out: list[Delivery] = []
         for f in files:
             data = f.read()
@@ -208,11 +208,11 @@ class OutputDeliverer:
         next_retry = time.monotonic() + retry_every
         while True:
             for d in deliveries:
-                if d.outbox_id is not None and d.status in WAITING:
+                if d.outbox_id is not None and d.status in UPLOAD_ACTIVE:
                     item = self.outbox.repo.get(d.outbox_id)
                     d.status = item.status if item is not None else "done"
             now = time.monotonic()
-            if all(d.status not in WAITING for d in deliveries) or now >= deadline:
+            if all(d.status not in UPLOAD_ACTIVE for d in deliveries) or now >= deadline:
                 return
             if now >= next_retry:
                 self.outbox.retry([d.outbox_id for d in deliveries if d.outbox_id and d.status == "pending"])

@@ -186,6 +186,8 @@ export function createController({
     } else if (name === "podkit.generation") {
       store.dispatch({ type: "generation", record: detail });
       soon("monitor", 1500);
+    } else if (name === "podkit.upload" && detail.removed) {
+      store.dispatch({ type: "upload/removed", id: detail.id }); // withdrawn (its training job was discarded)
     } else if (name === "podkit.upload") {
       const prev = state.outbox.byId[detail.id];
       store.dispatch({ type: "upload", item: detail });

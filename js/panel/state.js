@@ -212,6 +212,14 @@ export function reduce(state, action) {
       return { ...state, outbox: { ...state.outbox, byId: { ...state.outbox.byId, [item.id]: item }, counts } };
     }
 
+    case "upload/removed": {
+      const held = state.outbox.byId[action.id];
+      if (!held) return state;
+      const counts = { ...state.outbox.counts };
+      counts[held.status] = Math.max(0, (counts[held.status] || 0) - 1);
+      return { ...state, outbox: { ...state.outbox, byId: without(state.outbox.byId, action.id), counts } };
+    }
+
     case "idle": {
       // {answer, at}: GET /podkit/idle or POST /podkit/idle/keepalive (the policy included)
       const a = action.answer;

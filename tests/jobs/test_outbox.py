@@ -167,7 +167,7 @@ def test_a_file_is_spooled_as_a_link_and_may_leave_its_folder(env) -> None:  # t
 
 
 def test_withdraw_takes_only_a_waiting_item(env) -> None:  # type: ignore[no-untyped-def]
-    store, make, _, _ = env
+    store, make, notifier, _ = env
     store.deny = True
     ob = make()
     ob.start()
@@ -175,6 +175,8 @@ def test_withdraw_takes_only_a_waiting_item(env) -> None:  # type: ignore[no-unt
     assert ob.flush(5) and ob.get(refused.id).status == "failed"  # type: ignore[union-attr]
     assert ob.withdraw(refused.id) and ob.get(refused.id) is None
     assert not Path(refused.spool_path).exists()
+    last = notifier.of("podkit.upload")[-1]
+    assert last["id"] == refused.id and last["removed"] is True and last["status"] == "failed"
     store.deny = False
     delivered = ob.submit(b"b", ObjectRef("outputs", "b.png"), content_type="image/png")
     assert ob.flush(5)

@@ -113,6 +113,11 @@ test("events update the state, toast finished work and refresh what it changed",
   c.onEvent("podkit.upload", { id: "o", status: "failed", updated: 1, created: 1, key: "img.png", last_error: "503" });
   assert.equal(c.store.get().outbox.counts.failed, 1);
   assert.equal(toasts.at(-1).title, "PodKit upload failed");
+  const toastCount = toasts.length;
+  c.onEvent("podkit.upload", { id: "o", status: "failed", updated: 1, created: 1, key: "img.png", removed: true });
+  assert.equal(c.store.get().outbox.byId.o, undefined);
+  assert.equal(c.store.get().outbox.counts.failed, 0);
+  assert.equal(toasts.length, toastCount); // a withdrawal is not news
 
   calls.length = 0;
   c.onEvent("podkit.generation", { prompt_id: "p", started: 5, wall_s: 1.5 });

@@ -174,6 +174,18 @@ test("upload events keep the outbox counts right", () => {
   assert.deepEqual(outboxOpen(s), []);
 });
 
+test("a withdrawn upload leaves the list and the counts", () => {
+  let s = reduce(initialState(), {
+    type: "outbox",
+    counts: { failed: 1 },
+    items: [{ id: "o", status: "failed", updated: 1, created: 1, key: "k" }],
+  });
+  s = reduce(s, { type: "upload/removed", id: "o" });
+  assert.deepEqual(s.outbox.counts, { failed: 0 });
+  assert.deepEqual(outboxOpen(s), []);
+  assert.equal(reduce(s, { type: "upload/removed", id: "o" }), s); // unknown: nothing changes
+});
+
 test("errors attach to their section only", () => {
   const s = reduce(initialState(), { type: "error", section: "training", message: "boom" });
   assert.equal(s.training.error, "boom");
