@@ -46,6 +46,14 @@ def _proc_table() -> dict[int, tuple[int, int, int]]:
     return out
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system, every thread) that process ``pid`` has used so far: a cost
+    that another process's load on the same cores disturbs far less than wall time."""
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / _HZ
+
+
 def _tree(table: dict[int, tuple[int, int, int]], roots: Iterable[int]) -> set[int]:
     """``roots`` and all their live descendants."""
     children: dict[int, list[int]] = {}

@@ -31,6 +31,8 @@ METADATA_KEY = "podkit.gencache"
 #: the entry's digest, inside the entry: a file copied under another entry's name is refused
 DIGEST_KEY = "podkit.gencache.digest"
 ENTRY_SUFFIX = ".safetensors"
+#: a prompt's ``extra_data`` key: false = the prompt neither reads nor writes the cache
+BYPASS_KEY = "podkit_generation_cache"
 
 
 class Unsupported(ValueError):

@@ -4,9 +4,10 @@ Inference input is drop-in compatible with ``runpod-workers/worker-comfyui``::
 
     {"workflow": {<API-format graph>}, "images": [{"name": "in.png", "image": "<base64 or data URL>"}]}
 
-plus the short form ``{"template": NAME, "params": {...}}`` (``core/templates.py``) and two
-options: ``return_base64`` (also put the bytes of each output in the answer, under a size cap) and
-``timeout`` (seconds, at most the worker's limit). Training input is the training route's request.
+plus the short form ``{"template": NAME, "params": {...}}`` (``core/templates.py``) and three
+options: ``return_base64`` (also put the bytes of each output in the answer, under a size cap),
+``timeout`` (seconds, at most the worker's limit) and ``generation_cache`` (false: compute afresh,
+neither reading nor writing the generation cache). Training input is the training route's request.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Any
 
 from .errors import InvalidRequest
 
-INFERENCE_FIELDS = ("workflow", "template", "params", "images", "return_base64", "timeout")
+INFERENCE_FIELDS = (
+    "workflow", "template", "params", "images", "return_base64", "timeout", "generation_cache",
+)  # fmt: skip
 #: worker-comfyui fields accepted and ignored (never logged: one is a key)
 IGNORED_FIELDS = ("comfy_org_api_key",)
 IMAGE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.()+-]{0,199}$")
@@ -44,6 +47,8 @@ class InferenceRequest:
     images: tuple[InputImage, ...]
     return_base64: bool
     timeout: float
+    #: False: the prompt bypasses the generation cache (ComfyUI ``extra_data``)
+    generation_cache: bool = True
 
 
 def parse_inference(raw: Any, *, max_timeout: float) -> InferenceRequest:
@@ -68,6 +73,9 @@ def parse_inference(raw: Any, *, max_timeout: float) -> InferenceRequest:
     return_base64 = raw.get("return_base64", False)
     if not isinstance(return_base64, bool):
         raise InvalidRequest("return_base64 must be true or false")
+    generation_cache = raw.get("generation_cache", True)
+    if not isinstance(generation_cache, bool):
+        raise InvalidRequest("generation_cache must be true or false")
     timeout = raw.get("timeout", max_timeout)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 1 <= timeout <= max_timeout:
         raise InvalidRequest(f"timeout must be a number of seconds between 1 and {max_timeout:g}")
@@ -78,6 +86,7 @@ def parse_inference(raw: Any, *, max_timeout: float) -> InferenceRequest:
         images=parse_images(raw.get("images")),
         return_base64=return_base64,
         timeout=float(timeout),
+        generation_cache=generation_cache,
     )
 
 

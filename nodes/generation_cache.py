@@ -21,11 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.gencache_store import FileIdentities, GenerationStore
-from ..core.gencache import Unsupported, entry_digest, model_scope
+from ..core.gencache import BYPASS_KEY, Unsupported, entry_digest, model_scope
 
 logger = logging.getLogger(__name__)
-#: ``extra_data`` key of a prompt: false = this prompt bypasses the generation cache
-BYPASS_KEY = "podkit_generation_cache"
 #: folder_paths kinds whose files decide what a node computes
 MODEL_FOLDERS = (
     "checkpoints", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision", "controlnet",

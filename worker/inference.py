@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from ..core.errors import PodKitError
+from ..core.gencache import BYPASS_KEY
 from ..core.worker_jobs import InferenceRequest, parse_inference, rebind_images
 from ..runtime.cold_start import ComfyHandle
 from ..runtime.comfy_client import ComfyClient, PromptFailed, PromptRejected
@@ -110,7 +111,8 @@ class InferenceWorker:
         reporter = _ProgressReporter(job, graph, self.progress, self.progress_interval)
         queued = time.monotonic()
         try:
-            run = await client.run_prompt(graph, on_event=reporter, prompt_id=prompt_id)
+            extra = {} if request.generation_cache else {BYPASS_KEY: False}
+            run = await client.run_prompt(graph, on_event=reporter, prompt_id=prompt_id, extra_data=extra)
         except (asyncio.CancelledError, asyncio.TimeoutError):
             # RunPod cancelled the job, or its time is up: stop the prompt, upload nothing of it
             await asyncio.shield(self._interrupt(client, prompt_id))

@@ -289,6 +289,19 @@ def test_failing_node_and_invalid_graph_are_named(worker: Worker) -> None:
     assert answer["status"] == "FAILED" and "Export (API)" in answer["error"]
 
 
+def test_a_job_can_bypass_the_generation_cache(worker: Worker) -> None:
+    answer = worker.runsync({"workflow": wf.txt2img(CHECKPOINT, seed=21, steps=1), "generation_cache": False})
+    assert answer["status"] == "COMPLETED", answer
+    prompt_id = answer["output"]["prompt_id"]
+    with urllib.request.urlopen(f"{worker.comfy_url()}/history/{prompt_id}", timeout=30) as resp:
+        queued = json.loads(resp.read())[prompt_id]["prompt"]  # [number, id, graph, extra_data, outputs]
+    assert queued[3]["podkit_generation_cache"] is False
+    with urllib.request.urlopen(f"{worker.comfy_url()}/podkit/cache/stats", timeout=30) as resp:
+        generation = json.loads(resp.read())["generation"]
+    if generation["enabled"]:  # ComfyUI 0.33+: the provider saw the prompt and left it alone
+        assert generation["totals"]["bypassed"] >= 1
+
+
 def test_test_input_mode_retried_job_id_and_exit_codes(worker: Worker, s3: Any, tmp_path: Path) -> None:
     env = {**worker.env, "PODKIT_COMFY_URL": worker.comfy_url(), "PODKIT_INSTANCE_ID": "test-input"}
     job = {"id": "fixed-job-1", "input": {"workflow": wf.txt2img(CHECKPOINT, seed=9, steps=1)}}

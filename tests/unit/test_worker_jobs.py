@@ -29,6 +29,8 @@ def test_worker_comfyui_input_is_accepted_as_is() -> None:
     raw = {"workflow": GRAPH, "images": [{"name": "in.png", "image": "data:image/png;base64," + PNG}]}
     req = parse_inference(raw, max_timeout=600)
     assert req.workflow == GRAPH and req.template is None and req.timeout == 600
+    assert req.generation_cache is True
+    assert parse_inference({**raw, "generation_cache": False}, max_timeout=600).generation_cache is False
     assert req.images[0].name == "in.png" and req.images[0].data.startswith(b"\x89PNG")
     # its API key field is accepted and ignored
     assert parse_inference({**raw, "comfy_org_api_key": "k"}, max_timeout=600).workflow == GRAPH
@@ -52,6 +54,7 @@ def test_worker_comfyui_input_is_accepted_as_is() -> None:
         ({"workflow": GRAPH, "images": [{"name": "a.png", "image": PNG}] * 2}, "used twice"),
         ({"workflow": GRAPH, "timeout": 0}, "timeout must be a number of seconds between 1 and 600"),
         ({"workflow": GRAPH, "return_base64": "yes"}, "return_base64 must be true or false"),
+        ({"workflow": GRAPH, "generation_cache": "off"}, "generation_cache must be true or false"),
     ],
 )
 def test_bad_input_names_the_field(raw: object, message: str) -> None:
