@@ -37,10 +37,9 @@ from ..backends.trainer import (
 )
 from ..core.ai_toolkit import build_config, config_yaml, last_progress, split_output
 from ..core.datasets import DatasetLimits
-from ..core.errors import Conflict, CorruptFile, InvalidRequest, NotFound, PodKitError
+from ..core.errors import Conflict, InvalidRequest, NotFound, PodKitError
 from ..core.events import Notifier, NullNotifier
 from ..core.objects import ObjectStore
-from ..core.safetensors_info import read_safetensors_info
 from ..core.trainer_env import trainer_env
 from ..core.training import ACTIVE_STATUSES, TrainingJob, TrainingStatus, downsample
 from ..core.training_request import confine, parse_training_request, resolve_base_model
@@ -50,7 +49,7 @@ from .kit import Announcer, Throttle
 from .outbox import Outbox
 from .training_saves import StepSaveUploader
 from .training_store import TrainingStore
-from .training_upload import LoraUploads
+from .training_upload import LoraUploads, lora_problem
 
 logger = logging.getLogger(__name__)
 
@@ -333,7 +332,7 @@ class TrainingService:
             if (
                 job.status == S.FAILED
                 and job.lora_uri is None
-                and _lora_problem(job.final_path) is None
+                and lora_problem(job.final_path) is None
                 and not force
             ):
                 raise Conflict(
@@ -487,7 +486,7 @@ class TrainingService:
             why = f"trainer exited with code {code}: {last_error_line(job.log_path)}"
             self._set(job, status=S.FAILED, error=why[:1000], eta_s=None)
             return
-        problem = _lora_problem(job.final_path)
+        problem = lora_problem(job.final_path)
         if problem is not None:
             if code in (None, -1):
                 why = "the trainer stopped while PodKit was not watching and left no valid final LoRA"
@@ -496,12 +495,3 @@ class TrainingService:
             self._set(job, status=S.FAILED, error=f"{why}: {problem}"[:1000], eta_s=None)
             return
         self.uploads.queue(job, step=job.total_steps or job.step, eta_s=None)
-
-
-def _lora_problem(path: Path) -> CorruptFile | None:
-    """Why ``path`` is not a usable LoRA (unreadable, or no LoRA tensors), None when it is one."""
-    try:
-        info = read_safetensors_info(path, label=path.name)
-    except CorruptFile as e:
-        return e
-    return None if info.is_lora else CorruptFile(f"{path.name}: no LoRA tensors in the trainer's output")

@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from ..core.errors import CorruptFile
 from ..core.fsutil import sha256_file
 from ..core.objects import ObjectRef
 from ..core.outbox import OutboxItem
+from ..core.safetensors_info import read_safetensors_info
 from ..core.training import TrainingJob, TrainingStatus
 from .outbox import Outbox
 
@@ -25,6 +28,16 @@ logger = logging.getLogger(__name__)
 S = TrainingStatus
 LORA_CONTENT_TYPE = "application/octet-stream"
 SetJob = Callable[..., TrainingJob]
+
+
+def lora_problem(path: Path) -> CorruptFile | None:
+    """Why the trainer's final file is not a LoRA to upload (unreadable, or no LoRA tensors);
+    None when it is one."""
+    try:
+        info = read_safetensors_info(path, label=path.name)
+    except CorruptFile as e:
+        return e
+    return None if info.is_lora else CorruptFile(f"{path.name}: no LoRA tensors in the trainer's output")
 
 
 class LoraUploads:

@@ -201,17 +201,7 @@ class ComfyProcess:
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM the process group, then SIGKILL; returns the exit code (None if never started)."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            _signal_group(proc, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait(timeout=30)
-        _signal_group(proc, signal.SIGKILL)
-        return proc.returncode
+        return stop_process_group(proc, timeout) if proc is not None else None
 
 
 def answers(url: str, timeout: float = 5.0) -> bool:
@@ -232,6 +222,20 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         except OSError:
             pass
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
+    """SIGTERM the group of ``proc`` (started with ``start_new_session``), SIGKILL it after
+    ``timeout`` seconds, then SIGKILL whatever it spawned that is left; its exit code."""
+    if proc.poll() is None:
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait(timeout=30)
+    _signal_group(proc, signal.SIGKILL)  # stragglers the process spawned, if any
+    return proc.returncode
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:

@@ -24,7 +24,6 @@ import atexit
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 import urllib.error
@@ -36,6 +35,8 @@ import pytest
 from rgw import free_ports, port_is_free
 from support.comfy_client import ComfyClient
 from support.comfy_trees import ComfyInstall
+
+from podkit.runtime.comfy_process import stop_process_group
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -300,17 +301,7 @@ class ComfyServer:
         proc, self.proc = self.proc, None
         if self in LIVE:
             LIVE.remove(self)
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            _signal_group(proc, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait(timeout=30)
-        _signal_group(proc, signal.SIGKILL)  # stragglers the server spawned, if any
-        return proc.returncode
+        return stop_process_group(proc, timeout) if proc is not None else None
 
     def restart(self, timeout: float | None = None) -> ComfyServer:
         self.stop()
@@ -385,13 +376,6 @@ class ComfyServer:
         err = self.podkit_import_error()
         if err is not None:
             pytest.fail(f"ComfyUI could not import podkit:\n{err}", pytrace=False)
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)  # the group we created with start_new_session (pgid == pid)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 @atexit.register
