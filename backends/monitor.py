@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from ..core.events import Notifier
 from ..core.metrics import GenerationRecord, NodeTiming, PromptRecorder, with_resources
 from ..core.metrics_report import build_report
-from ..core.prometheus import MetricsCounters
+from ..core.prometheus import Family, MetricsCounters
 from ..core.speed import MAX_SAMPLES, Evaluations, SpeedModel, SpeedSample, evaluations_by_name, speed_samples
 from .state_db import StateDB
 
@@ -323,8 +323,10 @@ class Monitor:
     def report(self, hours: float) -> dict[str, Any]:
         return build_report(self.store.since(self.wall() - hours * 3600), hours)
 
-    def prometheus(self, gauges: Mapping[str, tuple[str, float | None]] | None = None) -> str:
-        return self.counters.render(gauges or {})
+    def prometheus(
+        self, gauges: Mapping[str, tuple[str, float | None]] | None = None, families: Sequence[Family] = ()
+    ) -> str:
+        return self.counters.render(gauges or {}, families)
 
     def speed_model(self, evaluations: Evaluations = evaluations_by_name) -> SpeedModel:
         """What the budget chooser predicts with: this machine's measured generations.

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from .metrics import GenerationRecord
+
+if TYPE_CHECKING:
+    from .gencache import GenerationStats
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 WALL_BUCKETS: tuple[float, ...] = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -26,6 +31,63 @@ def _fmt(v: float) -> str:
     if math.isinf(v):
         return "+Inf" if v > 0 else "-Inf"
     return repr(float(v)) if not float(v).is_integer() else str(int(v))
+
+
+Labels = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A metric family from outside the generation records (a cache's counters): its samples are
+    (labels, value) pairs."""
+
+    name: str
+    kind: str  # "counter" or "gauge"
+    help: str
+    samples: tuple[tuple[Labels, float], ...]
+
+
+#: per node type of the generation cache: (stats field, metric name, help)
+GENERATION_NODE_COUNTERS = (
+    ("hits", "hits", "Node outputs served from the generation cache, by node class."),
+    ("misses", "misses", "Generation cache lookups that found nothing, by node class."),
+    ("stores", "stores", "Node outputs stored in the generation cache, by node class."),
+    ("skipped", "skipped", "Node outputs the generation cache cannot keep exactly, by node class."),
+    ("bytes_served", "served_bytes", "Bytes served from the generation cache, by node class."),
+    ("bytes_stored", "stored_bytes", "Bytes stored in the generation cache, by node class."),
+)
+#: process-wide counts of the generation cache: (stats total, help)
+GENERATION_COUNTERS = (
+    ("prompts", "Prompts the generation cache was on for."),
+    ("bypassed", "Prompts that asked to bypass the generation cache."),
+    ("errors", "Generation cache entries that could not be read or written."),
+    ("bucket_hits", "Generation cache entries fetched from its bucket mirror."),
+    ("bucket_misses", "Generation cache entries looked up in its bucket mirror and not found."),
+    ("bucket_uploads", "Generation cache entries uploaded to its bucket mirror."),
+    ("bucket_refused", "Objects of the bucket mirror refused (failed verification)."),
+    ("bucket_errors", "Errors of the generation cache's bucket mirror."),
+)
+
+
+def generation_families(stats: GenerationStats) -> list[Family]:
+    """The generation cache's counters (since this process started): per node class, and totals."""
+    wire = stats.to_wire()
+    nodes: Mapping[str, Mapping[str, int]] = wire["nodes"]  # type: ignore[assignment]
+    totals: Mapping[str, int] = wire["totals"]  # type: ignore[assignment]
+    families = [
+        Family(
+            f"podkit_generation_cache_{name}_total",
+            "counter",
+            text,
+            tuple(((("class_type", node),), float(counts.get(field, 0))) for node, counts in nodes.items()),
+        )
+        for field, name, text in GENERATION_NODE_COUNTERS
+    ]
+    families += [
+        Family(f"podkit_generation_cache_{name}_total", "counter", text, (((), float(totals[name])),))
+        for name, text in GENERATION_COUNTERS
+    ]
+    return families
 
 
 class MetricsCounters:
@@ -58,8 +120,13 @@ class MetricsCounters:
                 self.node_runs[n.class_type] = self.node_runs.get(n.class_type, 0) + 1
             self.last = record
 
-    def render(self, extra_gauges: Mapping[str, tuple[str, float | None]] = MappingProxyType({})) -> str:
-        """The exposition text; ``extra_gauges``: name → (help, value) (None values are left out)."""
+    def render(
+        self,
+        extra_gauges: Mapping[str, tuple[str, float | None]] = MappingProxyType({}),
+        families: Sequence[Family] = (),
+    ) -> str:
+        """The exposition text; ``extra_gauges``: name → (help, value) (None values are left out);
+        ``families``: more metric families, as they are."""
         lines: list[str] = []
 
         def header(name: str, kind: str, text: str) -> None:
@@ -120,4 +187,11 @@ class MetricsCounters:
                 continue
             header(name, "gauge", text)
             lines.append(f"{name} {_fmt(value)}")
+        for family in families:
+            header(family.name, family.kind, family.help)
+            for labels, value in family.samples:
+                inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+                lines.append(
+                    f"{family.name}{{{inner}}} {_fmt(value)}" if inner else f"{family.name} {_fmt(value)}"
+                )
         return "\n".join(lines) + "\n"

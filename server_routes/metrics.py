@@ -7,25 +7,13 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..core.prometheus import PROMETHEUS_CONTENT_TYPE
+from ..core.prometheus import PROMETHEUS_CONTENT_TYPE, generation_families
 from ._common import query_int
 
 if TYPE_CHECKING:
     from ..services import Services
 
 MAX_HOURS = 24 * 366
-
-GENERATION_GAUGES = (
-    ("hits", "served from the generation cache"),
-    ("misses", "looked up in the generation cache and not found"),
-    ("stores", "stored in the generation cache"),
-    ("bytes_served", "bytes served from the generation cache"),
-    ("bytes_stored", "bytes stored in the generation cache"),
-    ("bucket_hits", "fetched from the generation cache's bucket mirror"),
-    ("bucket_uploads", "uploaded to the generation cache's bucket mirror"),
-    ("bucket_refused", "refused from the bucket mirror (failed verification)"),
-    ("bucket_errors", "that met an error of the bucket mirror"),
-)
 
 
 def system_gauges(services: Services) -> dict[str, tuple[str, float | None]]:
@@ -35,10 +23,6 @@ def system_gauges(services: Services) -> dict[str, tuple[str, float | None]]:
         state = services.idle.state()
         idle_s = state.idle_seconds if state.phase in ("idle", "warning", "acting") else 0.0
         gauges["podkit_idle_seconds"] = ("Seconds this pod has been idle (0 while busy).", idle_s)
-    if services.generation is not None:
-        totals = services.generation.stats.totals()
-        for name, text in GENERATION_GAUGES:
-            gauges[f"podkit_generation_cache_{name}"] = (f"Node outputs {text}, since start.", totals[name])
     return gauges
 
 
@@ -49,5 +33,6 @@ async def report(request: web.Request, services: Services) -> web.Response:
 
 async def prometheus(request: web.Request, services: Services) -> web.Response:
     gauges = await asyncio.to_thread(system_gauges, services)
-    text = services.monitor.prometheus(gauges)
+    cache = generation_families(services.generation.stats) if services.generation is not None else []
+    text = services.monitor.prometheus(gauges, cache)
     return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})

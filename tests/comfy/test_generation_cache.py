@@ -25,6 +25,7 @@ from support import workflows as wf
 from support.make_tiny_models import CHECKPOINT, LORA_A, LORA_B
 
 from podkit.core.host import version_tuple
+from tests.support.metrics_support import parse_prometheus
 
 SAME_NAME = "same_name.safetensors"
 BUCKET_LORA = "styles/retrained.safetensors"
@@ -148,6 +149,9 @@ def test_a_second_pod_serves_the_first_pods_prompt(
     assert (
         stats["enabled"] and stats["nodes"]["KSampler"]["hits"] == 1 and stats["totals"]["bytes_served"] > 0
     )
+    # the same counts in the Prometheus export, per node class
+    _, samples = parse_prometheus(b.client.get_bytes("/podkit/metrics").decode())
+    assert samples[("podkit_generation_cache_hits_total", frozenset({("class_type", "KSampler")}))] == 1
 
     # only the negative text differs: the positive conditioning comes from the cache
     other = run_ok(b, wf.txt2img(CHECKPOINT, seed=5, steps=2, negative="grainy"))

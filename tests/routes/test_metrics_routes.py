@@ -72,6 +72,41 @@ async def test_prometheus_export(client: TestClient, services: Services) -> None
     assert samples[("podkit_generations_total", frozenset({("status", "success")}))] == 1
 
 
+async def test_prometheus_exports_the_generation_cache_per_node_class(
+    aiohttp_client,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    svc = make_services(tmp_path, PODKIT_GENERATION_CACHE="1")
+    try:
+        assert svc.generation is not None
+        stats = svc.generation.stats
+        stats.count("KSampler", hits=2, bytes_served=4096, misses=1)
+        stats.count('Odd "node"\nname', stores=1, bytes_stored=10)
+        stats.count_bypass()
+        stats.count_bucket("bucket_uploads")
+        client = await client_for(aiohttp_client, svc)
+        types, samples = parse_prometheus(await (await client.get("/podkit/metrics")).text())
+    finally:
+        svc.close()
+    ksampler = frozenset({("class_type", "KSampler")})
+    assert types["podkit_generation_cache_hits_total"] == "counter"
+    assert samples[("podkit_generation_cache_hits_total", ksampler)] == 2
+    assert samples[("podkit_generation_cache_served_bytes_total", ksampler)] == 4096
+    assert samples[("podkit_generation_cache_misses_total", ksampler)] == 1
+    odd = frozenset({("class_type", 'Odd \\"node\\"\\nname')})  # escaped as the format wants
+    assert samples[("podkit_generation_cache_stored_bytes_total", odd)] == 10
+    assert samples[("podkit_generation_cache_bypassed_total", frozenset())] == 1
+    assert samples[("podkit_generation_cache_bucket_uploads_total", frozenset())] == 1
+
+
+async def test_prometheus_without_a_generation_cache_has_none_of_its_metrics(
+    client: TestClient, services: Services
+) -> None:
+    assert services.generation is None
+    types, _ = parse_prometheus(await (await client.get("/podkit/metrics")).text())
+    assert not [name for name in types if name.startswith("podkit_generation_cache")]
+
+
 async def test_presets_table_and_override_file(
     client: TestClient, services: Services, tmp_path: Path
 ) -> None:
