@@ -19,13 +19,16 @@ __all__ = ["STATUSES", "ACTIVE", "Backoff", "OutboxItem", "OutboxQueue", "Outbox
 
 
 class UploadStatus(str, Enum):
-    """An outbox item's status; the values are the wire's."""
+    """An outbox item's status; members are their wire strings (as ``TrainingStatus``)."""
 
     SPOOLING = "spooling"
     PENDING = "pending"
     UPLOADING = "uploading"
     DONE = "done"
     FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 STATUSES = tuple(s.value for s in UploadStatus)

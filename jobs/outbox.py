@@ -37,6 +37,7 @@ from .kit import Backoff, retryable
 from .outbox_store import SqliteOutboxRepo
 
 logger = logging.getLogger(__name__)
+U = UploadStatus
 
 
 class Outbox:
@@ -94,25 +95,23 @@ class Outbox:
         for item in self.repo.list(None, 10**9):
             path = Path(item.spool_path)
             known.add(path.name)
-            if item.status != UploadStatus.DONE:
+            if item.status != U.DONE:
                 if not path.is_file():
-                    if item.status == UploadStatus.SPOOLING:
+                    if item.status == U.SPOOLING:
                         self.repo.delete(item.id)  # the node never returned: nothing was promised
                     else:
                         logger.error("outbox item %s lost its spool file %s", item.id, path)
                         self.repo.update(
                             replace(
                                 item,
-                                status=UploadStatus.FAILED.value,
+                                status=U.FAILED,
                                 last_error="spool file missing",
                                 updated=now,
                             )
                         )
                     continue
-                if item.status != UploadStatus.PENDING or item.next_attempt > now:
-                    self.repo.update(
-                        replace(item, status=UploadStatus.PENDING.value, next_attempt=now, updated=now)
-                    )
+                if item.status != U.PENDING or item.next_attempt > now:
+                    self.repo.update(replace(item, status=U.PENDING, next_attempt=now, updated=now))
         for p in self.spool_dir.iterdir():
             if p.name not in known and (p.name.endswith(".tmp") or p.suffix in (".png", ".bin", ".json")):
                 p.unlink(missing_ok=True)  # half-written spool files of a crashed process
@@ -182,7 +181,7 @@ class Outbox:
             content_type=content_type,
             size=size,
             sha256=sha256,
-            status=UploadStatus.SPOOLING.value,
+            status=U.SPOOLING,
             attempts=0,
             next_attempt=now,
             last_error=None,
@@ -200,7 +199,7 @@ class Outbox:
             tmp.unlink(missing_ok=True)
             self.repo.delete(item_id)
             raise
-        item = replace(item, status=UploadStatus.PENDING.value)
+        item = replace(item, status=U.PENDING)
         self.repo.update(item)
         self.notifier.emit("podkit.upload", item.to_wire())
         with self._wake:
@@ -279,7 +278,7 @@ class Outbox:
             permanent = not retryable(e)
             if not isinstance(e, PodKitError):
                 logger.exception("outbox: unexpected error uploading %s", item.ref)
-            status = UploadStatus.FAILED.value if permanent else UploadStatus.PENDING.value
+            status = U.FAILED if permanent else U.PENDING
             delay = self.backoff.delay(attempts)
             updated = replace(
                 item,
@@ -301,7 +300,7 @@ class Outbox:
             return
         done = replace(
             item,
-            status=UploadStatus.DONE.value,
+            status=U.DONE,
             attempts=attempts,
             etag=meta.etag,
             last_error=None,
@@ -332,14 +331,12 @@ class Outbox:
         items = (
             [i for i in (self.repo.get(x) for x in ids) if i is not None]
             if ids is not None
-            else self.repo.list((UploadStatus.FAILED, UploadStatus.PENDING), 10**9)
+            else self.repo.list((U.FAILED, U.PENDING), 10**9)
         )
         n = 0
         for item in items:
-            if item.status in (UploadStatus.FAILED, UploadStatus.PENDING):
-                self.repo.update(
-                    replace(item, status=UploadStatus.PENDING.value, next_attempt=now, updated=now)
-                )
+            if item.status in (U.FAILED, U.PENDING):
+                self.repo.update(replace(item, status=U.PENDING, next_attempt=now, updated=now))
                 n += 1
         with self._wake:
             self._wake.notify_all()

@@ -133,7 +133,7 @@ class SqliteOutboxRepo:
             items = [_row(r) for r in rows]
             for i in items:
                 c.execute("UPDATE outbox SET status='uploading', updated=? WHERE id=?", (now, i.id))
-        return [replace(i, status=UploadStatus.UPLOADING.value, updated=now) for i in items]
+        return [replace(i, status=UploadStatus.UPLOADING, updated=now) for i in items]
 
     def list(self, statuses: Sequence[str] | None, limit: int) -> list[OutboxItem]:
         if statuses:
