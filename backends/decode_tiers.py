@@ -92,9 +92,9 @@ class GenerationTier:
         return (digest, IMAGE_TENSOR) if self.store.holds(digest) else None
 
 
-def attach(decode_cache: DecodeCache[Any], store: GenerationStore) -> Any:
-    """Make the generation cache the decode cache's disk tier; returns ``refs`` for the cache
-    provider: the entry already holding a tensor the decode node returned, or None."""
+def attach(decode_cache: DecodeCache[Any], store: GenerationStore) -> None:
+    """Make the generation cache the decode cache's disk tier, and let the store refer to the image
+    a decode returned (its entry) instead of storing the same tensor again."""
     tier = GenerationTier(store)
     decode_cache.use_disk(tier)
 
@@ -103,4 +103,4 @@ def attach(decode_cache: DecodeCache[Any], store: GenerationStore) -> Any:
             return None
         return tier.reference(decode_cache.key_of(tensor))
 
-    return refs
+    store.refs = refs

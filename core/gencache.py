@@ -217,7 +217,10 @@ class GenerationStats:
                 **self.bucket,
             }
 
-    def to_wire(self) -> dict[str, object]:
+    def per_node(self) -> dict[str, dict[str, int]]:
+        """Node class → its counts (hits, misses, stores, skipped, bytes, microseconds)."""
         with self._lock:
-            per_node = {name: vars(c).copy() for name, c in sorted(self.nodes.items())}
-        return {"totals": self.totals(), "nodes": per_node}
+            return {name: vars(c).copy() for name, c in sorted(self.nodes.items())}
+
+    def to_wire(self) -> dict[str, object]:
+        return {"totals": self.totals(), "nodes": self.per_node()}

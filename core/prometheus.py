@@ -71,9 +71,7 @@ GENERATION_COUNTERS = (
 
 def generation_families(stats: GenerationStats) -> list[Family]:
     """The generation cache's counters (since this process started): per node class, and totals."""
-    wire = stats.to_wire()
-    nodes: Mapping[str, Mapping[str, int]] = wire["nodes"]  # type: ignore[assignment]
-    totals: Mapping[str, int] = wire["totals"]  # type: ignore[assignment]
+    nodes, totals = stats.per_node(), stats.totals()
     families = [
         Family(
             f"podkit_generation_cache_{name}_total",

@@ -114,7 +114,7 @@ async def attach_generation_cache(svc: Services) -> None:
     svc.host = dataclasses.replace(svc.host, features=features)
     # the decode node's cache keeps its images in the generation cache (one store, cap and mirror),
     # and the provider's entry for a decode refers to that image instead of storing it twice
-    svc.generation.refs = attach_decode_tier(svc.decode_cache, svc.generation)
+    attach_decode_tier(svc.decode_cache, svc.generation)
     logger.info("PodKit: generation cache on (%s)", svc.generation.cache.root)
 
 

@@ -51,7 +51,7 @@ def test_an_entry_that_is_not_an_image_is_a_counted_miss(tmp_path: Path) -> None
 def test_the_providers_entry_refers_to_the_decoded_image(tmp_path: Path) -> None:
     volume = store(tmp_path)
     cache: DecodeCache[torch.Tensor] = DecodeCache(2**30)
-    volume.refs = attach(cache, volume)
+    attach(cache, volume)
     returned = image(1)  # what the node returned; the cache keeps its own copy
     cache.put(KEY, returned.clone(), int(returned.nbytes))
     cache.note_output(returned, KEY)
